@@ -1,0 +1,138 @@
+"""Settings: the one place that reads the environment.
+
+The variable names are the public contract (SPEC §2). ``.env.example`` lists every one of them
+and a test keeps the two in sync. Settings are never built at import time: the app and the CLI
+call :func:`load_settings` at startup, which turns any bad value into one :class:`SettingsError`
+line that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite:///./llmserve.db"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class SettingsError(Exception):
+    """A configuration value is invalid. ``str()`` is one line naming the variable."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept ``postgres://`` and ``postgresql://`` and pick the psycopg (v3) driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port ({exc})") from None
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every setting llmserve reads, with the defaults of SPEC §2."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=True,
+    )
+
+    DATABASE_URL: str = DEFAULT_SQLITE_URL
+    LLM_BACKEND: Literal["ollama", "openai", "embedded"] = "ollama"
+    OLLAMA_BASE_URL: str = "http://localhost:11434"
+    BUILT_IN_OLLAMA_MODEL: str | None = None
+    OPENAI_BASE_URL: str | None = None
+    OPENAI_API_KEY: str | None = None
+    EMBEDDED_MODEL_PATH: Path | None = None
+    EMBEDDED_MODELS_DIR: Path | None = None
+    HOST_BIND_IP: str = "127.0.0.1"
+    PORT: int = Field(8000, ge=1, le=65535)
+    AUTH_REQUIRED: bool = False
+    LOG_PROMPTS: bool = False
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    MAX_CONCURRENT_GENERATIONS: int = Field(4, ge=1)
+    MAX_QUEUED_GENERATIONS: int = Field(64, ge=0)
+    QUEUE_TIMEOUT_S: float = Field(30.0, gt=0)
+    BACKEND_CONNECT_TIMEOUT_S: float = Field(5.0, gt=0)
+    FIRST_TOKEN_TIMEOUT_S: float = Field(300.0, gt=0)
+    TOKEN_IDLE_TIMEOUT_S: float = Field(60.0, gt=0)
+    REQUEST_TIMEOUT_S: float = Field(900.0, gt=0)
+    MAX_PROMPT_CHARS: int = Field(200_000, ge=1)
+    SSE_PING_INTERVAL_S: float = Field(15.0, gt=0)
+    ACTIVE_MODEL_REFRESH_S: float = Field(0.5, gt=0)
+    REQUEST_LOG_BUFFER: int = Field(10_000, ge=1)
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = normalise_database_url(value.strip())
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if not scheme.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("OLLAMA_BASE_URL", "OPENAI_BASE_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value.strip())
+
+    @field_validator("BUILT_IN_OLLAMA_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def check_backend(self) -> None:
+        """Raise ``SettingsError`` if the chosen backend lacks what it needs.
+
+        Separate from field validation so that commands which never touch the backend
+        (``migrate``) do not require backend settings.
+        """
+        if self.LLM_BACKEND == "ollama" and not self.BUILT_IN_OLLAMA_MODEL:
+            raise SettingsError(
+                "invalid setting BUILT_IN_OLLAMA_MODEL: is required when LLM_BACKEND=ollama"
+            )
+        if self.LLM_BACKEND == "openai" and not self.OPENAI_BASE_URL:
+            raise SettingsError(
+                "invalid setting OPENAI_BASE_URL: is required when LLM_BACKEND=openai"
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return self.HOST_BIND_IP in LOOPBACK_HOSTS
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Build Settings from the environment (and ``env_file``), or raise ``SettingsError``."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"invalid setting {location}: {message}{shown}"
