@@ -1,0 +1,74 @@
+"""Every SQL statement llmserve runs. Functions take a Session; callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.orm import Session
+
+from llmserve.db.tables import AuditRecord, RequestLogRecord, SettingRecord, utcnow
+
+ACTIVE_MODEL_KEY = "active_model"
+
+
+def get_setting(session: Session, key: str) -> str | None:
+    return session.scalar(select(SettingRecord.value).where(SettingRecord.key == key))
+
+
+def set_setting(session: Session, key: str, value: str) -> None:
+    """Insert or update one setting; the last writer wins."""
+    record = session.get(SettingRecord, key, with_for_update=True)
+    if record is None:
+        session.add(SettingRecord(key=key, value=value, updated_at=utcnow()))
+    else:
+        record.value = value
+        record.updated_at = utcnow()
+
+
+def insert_request_logs(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    rows = list(rows)
+    if rows:
+        session.execute(insert(RequestLogRecord), rows)
+
+
+def latest_request_logs(session: Session, limit: int = 50) -> list[RequestLogRecord]:
+    query = select(RequestLogRecord).order_by(RequestLogRecord.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def insert_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    outcome: str,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    session.add(
+        AuditRecord(
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            detail=detail,
+            created_at=at or utcnow(),
+        )
+    )
+
+
+def ping(session: Session) -> None:
+    session.execute(text("SELECT 1"))
+
+
+def schema_revision(session: Session) -> str | None:
+    """The Alembic revision the database is at, or None when it was never migrated."""
+    try:
+        return session.scalar(text("SELECT version_num FROM alembic_version"))
+    except Exception:  # noqa: BLE001 - a missing table means "not migrated"
+        session.rollback()
+        return None
