@@ -1,0 +1,76 @@
+"""The Backend protocol every engine implements (Ollama, OpenAI-compatible, embedded).
+
+Contract for generation, which keeps "validate before you stream" possible:
+
+* ``open_generation`` does everything that can fail *before the first token*: it connects,
+  sends the request and waits until the engine has accepted it and produced its first output
+  (or has failed). Failures raise :mod:`llmserve.errors` types, never transport exceptions.
+* The returned :class:`GenerationStream` yields text fragments. A failure after the first
+  fragment raises ``BackendStreamError`` / ``BackendTimeoutError``. When iteration ends
+  normally, ``stream.result`` holds the done reason and token counts.
+* ``aclose()`` must stop the engine's work at once (close the upstream connection, or tell the
+  in-process engine to stop) and is safe to call twice, or after the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress
+
+
+@runtime_checkable
+class GenerationStream(Protocol):
+    result: GenerationResult | None
+    tokens_received: int
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    """An LLM engine. Implementations translate their own errors into llmserve errors."""
+
+    name: str
+    #: Generations the engine runs at once (None: no limit of its own). Admission control
+    #: never lets more than this run; the others wait in its queue.
+    max_concurrency: int | None
+
+    @property
+    def built_in_model(self) -> str:
+        """The model that is active on an empty database and can never be deleted."""
+        ...
+
+    async def start(self) -> None:
+        """Called once by the runtime before use (e.g. to learn the built-in model)."""
+        ...
+
+    async def open_generation(self, model: str, request: GenerationRequest) -> GenerationStream:
+        """Start generating; return once the first output is ready (see the module doc)."""
+        ...
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Installed models."""
+        ...
+
+    async def version(self) -> str:
+        """The engine's version; also the cheapest proof that it answers."""
+        ...
+
+    def pull(self, name: str) -> AsyncIterator[PullProgress]:
+        """Install a model, reporting progress. Raises NotSupportedError where impossible."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Remove an installed model."""
+        ...
+
+    async def warm(self, model: str) -> None:
+        """Load a model so the next generation does not pay for it (best effort)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and engines."""
+        ...
