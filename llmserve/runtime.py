@@ -1,0 +1,97 @@
+"""Runtime: owns the engine, sessions, HTTP client, backend and services of one process.
+
+Both faces build one: the API in its lifespan, the CLI around a command. Nothing is created at
+import time, and ``async with Runtime(settings)`` releases everything it made, in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmserve.backends.base import Backend
+from llmserve.backends.factory import create_backend, http_client
+from llmserve.db import migrate
+from llmserve.db.session import make_engine, make_sessions
+from llmserve.services.active_model import ActiveModelService
+from llmserve.services.admission import Admission
+from llmserve.services.generation import GenerationService
+from llmserve.services.models import ModelService
+from llmserve.services.request_log import RequestLogWriter
+from llmserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    backend: Backend
+    active_model: ActiveModelService
+    request_log: RequestLogWriter
+    generation: GenerationService
+    models: ModelService
+
+    def __init__(self, settings: Settings, *, follow_active_model: bool = True) -> None:
+        settings.check_backend()
+        self.settings = settings
+        self._follow = follow_active_model
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Runtime:
+        settings = self.settings
+        stack = self._stack
+        self.engine = make_engine(settings.DATABASE_URL)
+        stack.callback(self.engine.dispose)
+        if settings.is_sqlite:
+            # The embedded default: a local file that nobody else migrates for us.
+            migrate.upgrade(settings.DATABASE_URL)
+        self.sessions = make_sessions(self.engine)
+        client = http_client(settings)
+        stack.push_async_callback(client.aclose)
+        self.backend = create_backend(settings, client)
+        stack.push_async_callback(self.backend.aclose)
+        await self.backend.start()
+        self.request_log = RequestLogWriter(self.sessions, capacity=settings.REQUEST_LOG_BUFFER)
+        self.request_log.start()
+        stack.callback(self.request_log.stop)
+        self.active_model = ActiveModelService(
+            self.sessions, self.backend.built_in_model, settings.ACTIVE_MODEL_REFRESH_S
+        )
+        await self.active_model.start(follow=self._follow)
+        stack.push_async_callback(self.active_model.stop)
+        self.generation = GenerationService(
+            self.backend,
+            self.active_model,
+            self.request_log,
+            Admission(
+                min(
+                    settings.MAX_CONCURRENT_GENERATIONS,
+                    self.backend.max_concurrency or settings.MAX_CONCURRENT_GENERATIONS,
+                ),
+                settings.MAX_QUEUED_GENERATIONS,
+                settings.QUEUE_TIMEOUT_S,
+            ),
+            max_prompt_chars=settings.MAX_PROMPT_CHARS,
+            log_prompts=settings.LOG_PROMPTS,
+        )
+        self.models = ModelService(
+            self.backend,
+            self.active_model,
+            self.sessions,
+            validate_names=settings.LLM_BACKEND == "ollama",
+        )
+        stack.push_async_callback(self.models.aclose)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()

@@ -1,0 +1,196 @@
+"""Model management: list, pull, delete, switch — the rules every face shares (SPEC §3, §4).
+
+* names are validated with Ollama's rules before any backend call (``names.parse``);
+* the built-in model can never be deleted (403), the active one not before a switch (409);
+* a switch checks the backend's installed models first (404 "not found locally"), then writes
+  the database (last writer wins), updates this process at once and warms the model in the
+  background; other processes follow within ``ACTIVE_MODEL_REFRESH_S``;
+* every pull, delete and switch leaves an audit row: who, what, when, outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmserve import errors, names
+from llmserve.backends.base import Backend
+from llmserve.db import repositories
+from llmserve.domain import ModelInfo, PullProgress
+from llmserve.services.active_model import ActiveModelService
+
+log = logging.getLogger(__name__)
+
+
+def is_installed(name: str, models: Iterable[ModelInfo]) -> bool:
+    return find_installed(name, models) is not None
+
+
+def find_installed(name: str, models: Iterable[ModelInfo]) -> ModelInfo | None:
+    """The installed model that ``name`` means (``llama3.2`` finds ``llama3.2:latest``)."""
+    return next((model for model in models if names.same_model(model.name, name)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    info: ModelInfo
+    active: bool
+    built_in: bool
+
+
+class ModelService:
+    def __init__(
+        self,
+        backend: Backend,
+        active_model: ActiveModelService,
+        sessions: sessionmaker[Session],
+        *,
+        validate_names: bool = True,
+    ) -> None:
+        self._backend = backend
+        self._active = active_model
+        self._sessions = sessions
+        self._validate_names = validate_names
+        self._warming: set[asyncio.Task[None]] = set()
+
+    def validate(self, name: str) -> str:
+        """Check ``name`` (Ollama's rules for Ollama; non-empty otherwise); return it stripped."""
+        if self._validate_names:
+            names.parse(name)
+        elif not name or not name.strip() or "\x00" in name or len(name) > 600:
+            raise errors.InvalidModelNameError(f"invalid model name {name!r}")
+        return name
+
+    @property
+    def active(self) -> str:
+        return self._active.current
+
+    @property
+    def built_in(self) -> str:
+        return self._backend.built_in_model
+
+    async def list(self) -> list[ModelEntry]:
+        models = await self._backend.list_models()
+        active, built_in = self.active, self.built_in
+        return [
+            ModelEntry(
+                info=model,
+                active=names.same_model(model.name, active),
+                built_in=names.same_model(model.name, built_in),
+            )
+            for model in models
+        ]
+
+    async def pull(self, name: str, *, actor: str) -> AsyncIterator[PullProgress]:
+        """Pull ``name``, yielding progress; the last item has status ``success``."""
+        self.validate(name)
+        outcome, detail = "error", None
+        try:
+            async for progress in self._backend.pull(name):
+                if progress.status == "success":
+                    outcome = "ok"  # installed, whether or not the client reads this
+                yield progress
+        except errors.LlmserveError as exc:
+            outcome, detail = _outcome(exc), exc.detail
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            if outcome != "ok":
+                outcome, detail = "cancelled", "the client went away"
+            raise
+        finally:
+            await self._audit(actor, "pull", name, outcome, detail)
+
+    async def delete(self, name: str, *, actor: str) -> None:
+        self.validate(name)
+        try:
+            if names.same_model(name, self.built_in):
+                raise errors.ModelProtectedError(
+                    f"model '{name}' is the built-in model and cannot be deleted"
+                )
+            if names.same_model(name, self.active):
+                raise errors.ModelInUseError(
+                    f"model '{name}' is the active model; switch to another model first"
+                )
+            installed = find_installed(name, await self._backend.list_models())
+            if installed is None:
+                raise errors.ModelNotFoundError(f"model '{name}' not found locally")
+            await self._backend.delete(installed.name)
+        except errors.LlmserveError as exc:
+            await self._audit(actor, "delete", name, _outcome(exc), exc.detail)
+            raise
+        await self._audit(actor, "delete", name, "ok", None)
+
+    async def switch(self, name: str, *, actor: str, warm: bool = True) -> str:
+        """Make ``name`` the active model everywhere; return the installed model's name."""
+        self.validate(name)
+        try:
+            installed = find_installed(name, await self._backend.list_models())
+            if installed is None:
+                raise errors.ModelNotFoundError(f"model '{name}' not found locally; pull it first")
+            await self._store_active(installed.name)
+        except errors.LlmserveError as exc:
+            await self._audit(actor, "switch", name, _outcome(exc), exc.detail)
+            raise
+        self._active.set_local(installed.name)
+        await self._audit(actor, "switch", name, "ok", f"active model is now {installed.name}")
+        if warm:
+            task = asyncio.create_task(self._warm(installed.name), name=f"warm {installed.name}")
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+        return installed.name
+
+    async def aclose(self) -> None:
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
+
+    async def _warm(self, model: str) -> None:
+        try:
+            await self._backend.warm(model)
+        except errors.LlmserveError as exc:
+            log.warning("could not warm %r after the switch: %s", model, exc.detail)
+
+    async def _store_active(self, model: str) -> None:
+        def write() -> None:
+            with self._sessions.begin() as session:
+                repositories.set_setting(session, repositories.ACTIVE_MODEL_KEY, model)
+
+        try:
+            await asyncio.to_thread(write)
+        except SQLAlchemyError as exc:
+            raise errors.DatabaseUnavailableError(
+                "cannot record the active model: the database is unavailable "
+                f"({exc.__class__.__name__})"
+            ) from None
+
+    async def _audit(
+        self, actor: str, action: str, target: str, outcome: str, detail: str | None
+    ) -> None:
+        def write() -> None:
+            with self._sessions.begin() as session:
+                repositories.insert_audit(
+                    session,
+                    actor=actor,
+                    action=action,
+                    target=target[:400],
+                    outcome=outcome,
+                    detail=detail,
+                )
+
+        try:
+            await asyncio.shield(asyncio.to_thread(write))
+        except SQLAlchemyError as exc:
+            log.error("audit row lost (%s %s %s): %s", actor, action, target, exc)
+
+
+def _outcome(exc: errors.LlmserveError) -> str:
+    if isinstance(exc, errors.InvalidRequestError | errors.ModelNotFoundError):
+        return "rejected"
+    if isinstance(exc, errors.ModelProtectedError | errors.ModelInUseError):
+        return "refused"
+    return "error"

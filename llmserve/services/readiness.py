@@ -1,0 +1,43 @@
+"""Readiness checks: database, schema at head, backend answers, active model installed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmserve import errors
+from llmserve.db import migrate, repositories
+from llmserve.runtime import Runtime
+from llmserve.services.models import is_installed
+
+
+def _database_checks(runtime: Runtime) -> tuple[str, str]:
+    try:
+        with runtime.sessions() as session:
+            repositories.ping(session)
+            revision = repositories.schema_revision(session)
+    except Exception as exc:  # noqa: BLE001 - any failure is "not ready", with its reason
+        return f"unavailable: {exc.__class__.__name__}", "unknown"
+    head = migrate.head_revision()
+    if revision == head:
+        return "ok", "ok"
+    return "ok", f"at {revision or 'nothing'}, expected {head}: run `llmserve migrate`"
+
+
+async def check_readiness(runtime: Runtime, timeout_s: float = 5.0) -> dict[str, str]:
+    database, schema = await asyncio.to_thread(_database_checks, runtime)
+    checks = {"database": database, "schema": schema, "backend": "ok", "model": "ok"}
+    try:
+        async with asyncio.timeout(timeout_s):
+            models = await runtime.backend.list_models()
+    except TimeoutError:
+        checks["backend"] = "timeout"
+        checks["model"] = "unknown"
+        return checks
+    except errors.LlmserveError as exc:
+        checks["backend"] = f"unavailable: {exc.detail}"
+        checks["model"] = "unknown"
+        return checks
+    active = runtime.active_model.current
+    if not is_installed(active, models):
+        checks["model"] = f"active model '{active}' is not installed"
+    return checks
