@@ -1,0 +1,1 @@
+"""The HTTP face: FastAPI app factory, schemas, SSE framing, routes."""

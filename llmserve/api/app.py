@@ -1,0 +1,61 @@
+"""The FastAPI app factory. ``create_app(settings)`` builds; the lifespan owns the Runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from llmserve import __version__
+from llmserve.api import errors
+from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
+from llmserve.api.routes import generate, health, models
+from llmserve.runtime import Runtime
+from llmserve.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings default to the environment, read now (not at import)."""
+    settings = settings or load_settings()
+    settings.check_backend()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with Runtime(settings) as runtime:
+            app.state.runtime = runtime
+            if not settings.AUTH_REQUIRED and not settings.listens_on_loopback:
+                log.warning(
+                    "AUTH_REQUIRED=false and the server listens on %s: anyone who can reach "
+                    "it can use it",
+                    settings.HOST_BIND_IP,
+                )
+            log.info(
+                "llmserve %s ready: backend=%s active model=%s",
+                __version__,
+                settings.LLM_BACKEND,
+                runtime.active_model.current,
+            )
+            yield
+
+    app = FastAPI(
+        title="llmserve",
+        version=__version__,
+        description="A private, production-grade API server for local large language models.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
+    app.include_router(generate.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``llmserve serve``)."""
+    return create_app()

@@ -1,0 +1,35 @@
+"""FastAPI dependencies: the runtime and its services, taken from ``app.state``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from llmserve.runtime import Runtime
+from llmserve.services.generation import GenerationService
+from llmserve.services.models import ModelService
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def get_generation(request: Request) -> GenerationService:
+    return request.app.state.runtime.generation  # type: ignore[no-any-return]
+
+
+def get_models(request: Request) -> ModelService:
+    return request.app.state.runtime.models  # type: ignore[no-any-return]
+
+
+def get_actor(request: Request) -> str:
+    """Who is acting, for audit rows (the API key's name once auth exists)."""
+    client = request.client.host if request.client else "unknown"
+    return f"anonymous@{client}"
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+GenerationDep = Annotated[GenerationService, Depends(get_generation)]
+ModelsDep = Annotated[ModelService, Depends(get_models)]
+ActorDep = Annotated[str, Depends(get_actor)]

@@ -1,0 +1,54 @@
+"""One map from llmserve error type to HTTP status (SPEC §3, §7), and the JSON error body."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from llmserve import errors
+
+#: HTTP status per error type; the most specific class in the MRO wins.
+STATUS: dict[type[errors.LlmserveError], int] = {
+    errors.LlmserveError: 500,
+    errors.InvalidRequestError: 400,
+    errors.PromptTooLargeError: 413,
+    errors.InvalidModelNameError: 400,
+    errors.ModelNotFoundError: 404,
+    errors.ModelProtectedError: 403,
+    errors.ModelInUseError: 409,
+    errors.NotSupportedError: 501,
+    errors.OverloadedError: 429,
+    errors.DatabaseUnavailableError: 503,
+    errors.BackendError: 502,
+    errors.BackendUnavailableError: 503,
+    errors.BackendBusyError: 503,
+    errors.BackendTimeoutError: 504,
+    errors.BackendStreamError: 502,
+}
+
+
+def status_for(error: errors.LlmserveError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_body(error: errors.LlmserveError) -> dict[str, str]:
+    return {"detail": error.detail, "code": error.code}
+
+
+def error_response(error: errors.LlmserveError) -> JSONResponse:
+    headers = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(error_body(error), status_code=status_for(error), headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.LlmserveError)
+        return error_response(exc)
+
+    app.add_exception_handler(errors.LlmserveError, handle)

@@ -1,0 +1,1 @@
+"""Route modules: parse, call a service, render. No business rules here."""

@@ -1,0 +1,29 @@
+"""``/health`` (liveness) and ``/ready`` (readiness, SPEC §3)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from llmserve.api.deps import RuntimeDep
+from llmserve.api.schemas import HealthResponse, ReadyResponse
+from llmserve.services.readiness import check_readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health() -> dict[str, str]:
+    """Liveness: 200 while the process runs. Touches nothing."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    """Readiness: database, schema, backend and active model all OK, else 503."""
+    checks = await check_readiness(runtime)
+    ok = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ok else "not ready", "checks": checks},
+        status_code=200 if ok else 503,
+    )

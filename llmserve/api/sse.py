@@ -1,0 +1,146 @@
+"""Server-Sent Events: the only module that knows SSE framing.
+
+:class:`GenerationEventStream` is an ASGI response that streams one generation:
+
+* each fragment is sent as ``data: {"response": "…"}`` the moment it arrives;
+* the end is ``data: {}``; an error after the first byte is ``event: error`` plus
+  ``data: {"detail", "code"}`` and no ``data: {}``;
+* while nothing has been sent for ``ping_interval`` seconds a ``: ping`` comment goes out;
+* when the client disconnects the sending task is cancelled at once and the generation is
+  closed (which closes the upstream request).
+
+Per fragment the work is one ``json.dumps`` of the text and one ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llmserve import errors
+from llmserve.api.errors import error_body
+from llmserve.services.generation import Generation
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+PING = b": ping\n\n"
+END = b"data: {}\n\n"
+
+
+def data_event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_event(error: errors.LlmserveError) -> bytes:
+    body = json.dumps(error_body(error), separators=(",", ":"))
+    return b"event: error\ndata: " + body.encode() + b"\n\n"
+
+
+def token_event(text: str) -> bytes:
+    # Same bytes as data_event({"response": text}), without building a dict per token.
+    return b'data: {"response":' + json.dumps(text).encode() + b"}\n\n"
+
+
+class EventStream(Response):
+    """Streams pre-framed SSE chunks from ``chunks`` with pings and disconnect handling.
+
+    ``on_close`` runs when the stream ends for any reason (finished, failed, client left).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        ping_interval: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._ping_interval = ping_interval
+        self._extra_headers = headers or {}
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = SSE_HEADERS + [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in self._extra_headers.items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
+        last_sent = time.monotonic()
+        client_left = False
+        finished = False
+
+        async def watch_disconnect() -> None:
+            nonlocal client_left
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not finished:
+                        client_left = True
+                        sender.cancel()
+                    return
+
+        async def ping() -> None:
+            nonlocal last_sent
+            interval = self._ping_interval
+            while True:
+                await asyncio.sleep(max(0.0, last_sent + interval - time.monotonic()))
+                if time.monotonic() - last_sent >= interval:
+                    last_sent = time.monotonic()
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+
+        watcher = asyncio.create_task(watch_disconnect())
+        pinger = asyncio.create_task(ping())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self._chunks:
+                last_sent = time.monotonic()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not client_left:
+                raise
+            # The client left: the generator's finally has closed the upstream request.
+            sender.uncancel()
+        except OSError:
+            log.debug("client connection broke mid-stream")
+        finally:
+            finished = True
+            watcher.cancel()
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(watcher, pinger, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
+    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end."""
+    try:
+        async for piece in generation:
+            yield token_event(piece)
+        yield END
+    except errors.LlmserveError as exc:
+        yield error_event(exc)
+    except Exception as exc:
+        log.exception("generation failed mid-stream")
+        yield error_event(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
+    finally:
+        await generation.aclose()
