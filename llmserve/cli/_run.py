@@ -1,0 +1,87 @@
+"""Shared plumbing for commands: settings, the one ``asyncio.run``, and failing cleanly.
+
+Expected failures print one red line to stderr and exit non-zero; nothing here prints a
+traceback. Exit codes come from one table, next to the API's status table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from llmserve import errors
+from llmserve.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+EXIT_INTERRUPTED = 130
+
+#: Exit code per error type; the most specific class in the MRO wins.
+EXIT_CODES: dict[type[errors.LlmserveError], int] = {
+    errors.LlmserveError: 1,
+    errors.InvalidRequestError: 2,
+    errors.PromptTooLargeError: 2,
+    errors.InvalidModelNameError: 2,
+    errors.ModelNotFoundError: 3,
+    errors.ModelProtectedError: 4,
+    errors.ModelInUseError: 4,
+    errors.NotSupportedError: 5,
+    errors.OverloadedError: 6,
+    errors.DatabaseUnavailableError: 7,
+    errors.BackendError: 8,
+    errors.BackendUnavailableError: 9,
+    errors.BackendBusyError: 9,
+    errors.BackendTimeoutError: 10,
+    errors.BackendStreamError: 8,
+}
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one red line to stderr and exit with ``code``."""
+    _stderr.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def exit_code_for(error: errors.LlmserveError) -> int:
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """Load settings, or fail with the one line that names the bad variable."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        fail(str(exc), 2)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; turn llmserve errors into one red line and Ctrl-C into 130."""
+    try:
+        return asyncio.run(coro)
+    except errors.LlmserveError as exc:
+        fail(exc.detail, exit_code_for(exc))
+    except KeyboardInterrupt:
+        _stderr.print("[yellow]Interrupted.[/]")
+        sys.stderr.flush()
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Logging for entrypoints: one line per event on stderr."""
+    import logging
+
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,46 @@
+"""``llmserve serve``: run the API under uvicorn."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import typer
+
+from llmserve.cli._run import configure_logging, fail, settings_or_exit
+from llmserve.settings import SettingsError
+
+
+def serve(
+    host: str = typer.Option(None, help="Address to bind.", show_default="HOST_BIND_IP"),
+    port: int = typer.Option(None, help="Port.", show_default="PORT, 8000"),
+    reload: bool = typer.Option(False, "--reload", help="Restart on code changes (development)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    settings = settings_or_exit()
+    try:
+        settings.check_backend()
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    configure_logging(settings.LOG_LEVEL)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; a clean shutdown
+    # should exit 0, so the re-raised signal ends the process with SystemExit(0).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        "llmserve.api.app:app_from_env",
+        factory=True,
+        host=host or settings.HOST_BIND_IP,
+        port=port or settings.PORT,
+        reload=reload,
+        workers=None if reload else workers,
+        log_level=settings.LOG_LEVEL.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_S,
+    )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)

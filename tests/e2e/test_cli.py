@@ -1,0 +1,262 @@
+"""The ``llmserve`` command as users run it: real subprocesses, real database, the double."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select as sql_select
+
+from llmserve.db.session import make_engine, make_sessions
+from llmserve.db.tables import RequestLogRecord
+from tests.fakes.ollama_double import OllamaDouble, Script
+
+LLMSERVE = [sys.executable, "-m", "llmserve"]
+
+
+def run(
+    args: list[str], env: dict[str, str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LLMSERVE, *args],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_red_line(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error:")
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["migrate"], ["generate"], ["bake-image"]], ids=str
+)
+def test_help_renders_for_every_command(command: list[str], tmp_path: Path) -> None:
+    result = run([*command, "--help"], {"PATH": os.environ["PATH"]}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_generate_prints_the_text(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.enqueue(Script(tokens=["Blue ", "light ", "scatters."]))
+    result = run(["generate", "Why is the sky blue?"], subprocess_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Blue light scatters.\n"
+    generate = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
+    assert generate["prompt"] == "Why is the sky blue?"
+
+
+def test_generate_streams_tokens_as_they_arrive(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.enqueue(Script(tokens=["first ", "second ", "third"], delay_s=0.4))
+    process = subprocess.Popen(
+        [*LLMSERVE, "generate", "go"],
+        env=subprocess_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    seen = b""
+    first_at = None
+    while b"first" not in seen:
+        chunk = process.stdout.read1(100)  # type: ignore[attr-defined]
+        assert chunk, "stdout closed before the first token"
+        seen += chunk
+        first_at = time.monotonic()
+    rest = process.stdout.read()
+    done_at = time.monotonic()
+    assert process.wait(10) == 0
+    assert (seen + rest).decode() == "first second third\n"
+    assert first_at is not None and done_at - first_at > 0.5, "the text arrived all at once"
+
+
+def test_generate_renders_with_rich_on_a_terminal(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.enqueue(Script(tokens=["[bold]not markup[/bold] ", "done"]))
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*LLMSERVE, "generate", "hi"],
+        env=subprocess_env,
+        cwd=tmp_path,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+    )
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(leader)
+    assert process.wait(10) == 0
+    assert "[bold]not markup[/bold] done" in output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("argument", [["-"], []], ids=["dash", "nothing"])
+def test_generate_reads_the_prompt_from_stdin(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, argument: list[str]
+) -> None:
+    result = run(["generate", *argument], subprocess_env, tmp_path, stdin="from a pipe\n")
+    assert result.returncode == 0, result.stderr
+    generate = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
+    assert generate["prompt"] == "from a pipe\n"
+
+
+def test_generate_options_no_stream_and_json(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.enqueue(Script(tokens=["a", "b"], prompt_eval_count=3))
+    result = run(
+        [
+            "generate",
+            "hi",
+            "--json",
+            "--system",
+            "terse",
+            "--temperature",
+            "0.3",
+            "--max-tokens",
+            "9",
+        ],
+        subprocess_env,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["response"] == "ab"
+    assert payload["usage"] == {"prompt_tokens": 3, "completion_tokens": 2}
+    sent = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
+    assert sent["system"] == "terse"
+    assert sent["options"] == {"temperature": 0.3, "num_predict": 9}
+    ollama.enqueue(Script(tokens=["x", "y"]))
+    plain = run(["generate", "hi", "--no-stream"], subprocess_env, tmp_path)
+    assert plain.stdout == "xy\n"
+
+
+def test_generate_writes_a_request_log_row(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
+) -> None:
+    assert run(["generate", "hi"], subprocess_env, tmp_path).returncode == 0
+    engine = make_engine(db_url)
+    with make_sessions(engine)() as session:
+        rows = list(session.scalars(sql_select(RequestLogRecord)))
+    engine.dispose()
+    assert [(r.route, r.status) for r in rows] == [("cli", "ok")]
+
+
+def test_generate_with_the_backend_down_is_one_red_line(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**subprocess_env, "OLLAMA_BASE_URL": "http://127.0.0.1:9"}
+    result = run(["generate", "hi"], env, tmp_path)
+    assert_one_red_line(result)
+    assert "cannot connect to Ollama" in result.stderr
+    assert result.returncode == 9
+
+
+def test_generate_with_a_missing_model_is_one_red_line(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.remove_model("llama3.2")
+    result = run(["generate", "hi"], subprocess_env, tmp_path)
+    assert_one_red_line(result)
+    assert "not installed" in result.stderr
+
+
+def test_generate_mid_stream_failure_is_one_red_line(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    ollama.enqueue(Script(tokens=["a", "b", "c"], error_after=2, error="runner crashed"))
+    result = run(["generate", "hi"], subprocess_env, tmp_path)
+    assert result.stdout.startswith("ab")
+    assert_one_red_line(result)
+    assert "runner crashed" in result.stderr
+
+
+def test_generate_with_an_empty_prompt_is_one_red_line(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert_one_red_line(run(["generate", "   "], subprocess_env, tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "command"),
+    [
+        ("PORT", "eighty", ["serve"]),
+        ("LLM_BACKEND", "gpt", ["generate", "hi"]),
+        ("FIRST_TOKEN_TIMEOUT_S", "-5", ["generate", "hi"]),
+        ("DATABASE_URL", "mysql://x", ["migrate"]),
+    ],
+)
+def test_a_bad_setting_is_one_red_line_naming_it(
+    subprocess_env: dict[str, str], tmp_path: Path, name: str, value: str, command: list[str]
+) -> None:
+    result = run(command, {**subprocess_env, name: value}, tmp_path)
+    assert_one_red_line(result)
+    assert name in result.stderr
+    assert result.returncode == 2
+
+
+def test_a_missing_built_in_model_stops_serve(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in subprocess_env.items() if k != "BUILT_IN_OLLAMA_MODEL"}
+    result = run(["serve"], env, tmp_path)
+    assert_one_red_line(result)
+    assert "BUILT_IN_OLLAMA_MODEL" in result.stderr
+
+
+def test_ctrl_c_stops_the_generation_upstream_and_exits_130(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
+) -> None:
+    ollama.enqueue(Script(tokens=[f"w{i} " for i in range(300)], delay_s=0.02))
+    process = subprocess.Popen(
+        [*LLMSERVE, "generate", "talk"],
+        env=subprocess_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stdout.read1(10)  # type: ignore[attr-defined]  # it is generating
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 130
+    assert b"Traceback" not in stderr
+    record = ollama.wait_for_cancel(timeout=2.0)
+    assert record.tokens_sent < 300
+    engine = make_engine(db_url)
+    with make_sessions(engine)() as session:
+        statuses = [r.status for r in session.scalars(sql_select(RequestLogRecord))]
+    engine.dispose()
+    assert statuses == ["cancelled"]
