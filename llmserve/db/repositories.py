@@ -19,13 +19,17 @@ def get_setting(session: Session, key: str) -> str | None:
 
 
 def set_setting(session: Session, key: str, value: str) -> None:
-    """Insert or update one setting; the last writer wins."""
-    record = session.get(SettingRecord, key, with_for_update=True)
-    if record is None:
-        session.add(SettingRecord(key=key, value=value, updated_at=utcnow()))
+    """Insert or update one setting in one statement; concurrent writers: the last one wins."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
     else:
-        record.value = value
-        record.updated_at = utcnow()
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    now = utcnow()
+    statement = upsert(SettingRecord).values(key=key, value=value, updated_at=now)
+    statement = statement.on_conflict_do_update(
+        index_elements=[SettingRecord.key], set_={"value": value, "updated_at": now}
+    )
+    session.execute(statement)
 
 
 def insert_request_logs(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
