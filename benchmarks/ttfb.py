@@ -21,9 +21,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fakes.ollama_double import OllamaDouble, Script
-
 from tests._server import running_server
+from tests.fakes.ollama_double import OllamaDouble, Script
 
 
 def first_byte_ms(client: httpx.Client, url: str, body: dict[str, object]) -> float:
