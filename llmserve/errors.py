@@ -9,6 +9,8 @@ is left unmapped.
     ├── InvalidRequestError            invalid_request      bad input the schema could not catch
     │   ├── PromptTooLargeError        prompt_too_large
     │   └── InvalidModelNameError      invalid_model_name
+    ├── AuthenticationError            unauthorized         no key, or unknown/revoked/expired
+    ├── PermissionDeniedError          forbidden            the key lacks the admin scope
     ├── ModelNotFoundError             model_not_found      the model is not installed
     ├── ModelProtectedError            model_protected      the built-in model cannot be deleted
     ├── ModelInUseError                model_in_use         the active model cannot be deleted
@@ -45,6 +47,14 @@ class PromptTooLargeError(InvalidRequestError):
 
 class InvalidModelNameError(InvalidRequestError):
     code = "invalid_model_name"
+
+
+class AuthenticationError(LlmserveError):
+    code = "unauthorized"
+
+
+class PermissionDeniedError(LlmserveError):
+    code = "forbidden"
 
 
 class ModelNotFoundError(LlmserveError):

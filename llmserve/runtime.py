@@ -20,6 +20,7 @@ from llmserve.db.session import make_engine, make_sessions
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
 from llmserve.services.generation import GenerationService
+from llmserve.services.keys import KeyService
 from llmserve.services.models import ModelService
 from llmserve.services.request_log import RequestLogWriter
 from llmserve.settings import Settings
@@ -35,6 +36,7 @@ class Runtime:
     request_log: RequestLogWriter
     generation: GenerationService
     models: ModelService
+    keys: KeyService
 
     def __init__(self, settings: Settings, *, follow_active_model: bool = True) -> None:
         settings.check_backend()
@@ -86,6 +88,10 @@ class Runtime:
             validate_names=settings.LLM_BACKEND == "ollama",
         )
         stack.push_async_callback(self.models.aclose)
+        self.keys = KeyService(self.sessions, settings.ACTIVE_MODEL_REFRESH_S)
+        if settings.AUTH_REQUIRED and self._follow:
+            await self.keys.start()
+            stack.push_async_callback(self.keys.stop)
         return self
 
     async def __aexit__(

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from llmserve import __version__
 from llmserve.api import errors
+from llmserve.api.auth import AuthMiddleware
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
 from llmserve.api.routes import generate, health, models
 from llmserve.runtime import Runtime
@@ -49,6 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    if settings.AUTH_REQUIRED:
+        app.add_middleware(AuthMiddleware)
+    # Added last, so it runs first: an oversized body is refused before anything else.
     app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
     app.include_router(generate.router)
     app.include_router(models.router)

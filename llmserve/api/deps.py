@@ -24,7 +24,10 @@ def get_models(request: Request) -> ModelService:
 
 
 def get_actor(request: Request) -> str:
-    """Who is acting, for audit rows (the API key's name once auth exists)."""
+    """Who is acting, for audit rows: the API key's name, or the client's address."""
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is not None:
+        return f"key:{principal.name}"
     client = request.client.host if request.client else "unknown"
     return f"anonymous@{client}"
 

@@ -13,6 +13,8 @@ STATUS: dict[type[errors.LlmserveError], int] = {
     errors.InvalidRequestError: 400,
     errors.PromptTooLargeError: 413,
     errors.InvalidModelNameError: 400,
+    errors.AuthenticationError: 401,
+    errors.PermissionDeniedError: 403,
     errors.ModelNotFoundError: 404,
     errors.ModelProtectedError: 403,
     errors.ModelInUseError: 409,
@@ -40,6 +42,8 @@ def error_body(error: errors.LlmserveError) -> dict[str, str]:
 
 def error_response(error: errors.LlmserveError) -> JSONResponse:
     headers = {}
+    if isinstance(error, errors.AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="llmserve"'
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)

@@ -32,13 +32,14 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `llmserve --help` stays fast and nothing runs at import time.
-    from llmserve.cli import bake_image, generate, migrate, models, serve
+    from llmserve.cli import bake_image, generate, keys, migrate, models, serve
 
     app.command("serve")(serve.serve)
     app.command("migrate")(migrate.migrate)
     app.command("generate")(generate.generate)
     app.command("bake-image")(bake_image.bake_image)
     app.add_typer(models.app, name="models")
+    app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ EXIT_CODES: dict[type[errors.LlmserveError], int] = {
     errors.InvalidRequestError: 2,
     errors.PromptTooLargeError: 2,
     errors.InvalidModelNameError: 2,
+    errors.AuthenticationError: 11,
+    errors.PermissionDeniedError: 12,
     errors.ModelNotFoundError: 3,
     errors.ModelProtectedError: 4,
     errors.ModelInUseError: 4,
@@ -85,3 +87,8 @@ def configure_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def stdout_console() -> Console:
+    """Rich output for data on stdout; wide when piped, so tables are not wrapped at 80."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)

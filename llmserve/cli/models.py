@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from llmserve.cli._run import configure_logging, fail, run, settings_or_exit
+from llmserve.cli._run import configure_logging, fail, run, settings_or_exit, stdout_console
 from llmserve.runtime import Runtime
 from llmserve.settings import SettingsError
 
@@ -29,7 +29,8 @@ app = typer.Typer(help="List, pull, delete and switch models.", no_args_is_help=
 T = TypeVar("T")
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """Who acts from the command line, for audit rows."""
     try:
         return f"cli:{getpass.getuser()}"
     except Exception:  # noqa: BLE001 - no user name in some containers
@@ -80,7 +81,7 @@ def list_models(
                 "✓" if e.active else "",
                 "✓" if e.built_in else "",
             )
-        Console().print(table)
+        stdout_console().print(table)
 
     _with_runtime(work)
 
@@ -100,7 +101,7 @@ def switch(name: str = typer.Argument(..., help="An installed model.")) -> None:
     """Make NAME the active model for every server."""
 
     async def work(runtime: Runtime) -> None:
-        await runtime.models.switch(name, actor=_actor(), warm=False)
+        await runtime.models.switch(name, actor=cli_actor(), warm=False)
         Console(stderr=True).print(f"Switched active model to {name}", markup=False)
 
     _with_runtime(work)
@@ -118,7 +119,7 @@ def delete(
         typer.confirm(f"Delete model {name}?", abort=True)
 
     async def work(runtime: Runtime) -> None:
-        await runtime.models.delete(name, actor=_actor())
+        await runtime.models.delete(name, actor=cli_actor())
         Console(stderr=True).print(f"Deleted model {name}", markup=False)
 
     _with_runtime(work)
@@ -140,7 +141,7 @@ def pull(name: str = typer.Argument(..., help="Model to install, e.g. llama3.2."
         tasks: dict[str, TaskID] = {}
         with Progress(*columns, console=stderr, transient=False) as progress:
             status = progress.add_task("pulling manifest", total=None)
-            async for item in runtime.models.pull(name, actor=_actor()):
+            async for item in runtime.models.pull(name, actor=cli_actor()):
                 if item.digest and item.total:
                     if item.digest not in tasks:
                         tasks[item.digest] = progress.add_task(

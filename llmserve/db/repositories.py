@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from llmserve.db.tables import AuditRecord, RequestLogRecord, SettingRecord, utcnow
+from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, SettingRecord, utcnow
 
 ACTIVE_MODEL_KEY = "active_model"
 
@@ -76,3 +76,36 @@ def schema_revision(session: Session) -> str | None:
     except Exception:  # noqa: BLE001 - a missing table means "not migrated"
         session.rollback()
         return None
+
+
+def add_api_key(session: Session, record: ApiKeyRecord) -> ApiKeyRecord:
+    session.add(record)
+    session.flush()
+    return record
+
+
+def api_key_named(session: Session, name: str) -> ApiKeyRecord | None:
+    return session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.name == name))
+
+
+def api_key_by_prefix(session: Session, prefix: str) -> ApiKeyRecord | None:
+    return session.scalar(select(ApiKeyRecord).where(ApiKeyRecord.prefix == prefix))
+
+
+def api_key_by_name_or_prefix(session: Session, ident: str) -> ApiKeyRecord | None:
+    query = select(ApiKeyRecord).where(
+        or_(ApiKeyRecord.name == ident, ApiKeyRecord.prefix == ident)
+    )
+    return session.scalar(query)
+
+
+def all_api_keys(session: Session) -> list[ApiKeyRecord]:
+    return list(session.scalars(select(ApiKeyRecord).order_by(ApiKeyRecord.id)))
+
+
+def touch_api_keys(session: Session, last_used: Mapping[int, datetime]) -> None:
+    """Record when keys were last used (one UPDATE per key, batched by the caller)."""
+    for key_id, at in last_used.items():
+        session.execute(
+            update(ApiKeyRecord).where(ApiKeyRecord.id == key_id).values(last_used_at=at)
+        )

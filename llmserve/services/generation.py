@@ -73,10 +73,17 @@ class GenerationService:
         return generation
 
     async def complete(
-        self, request: GenerationRequest, *, route: str, request_id: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        route: str,
+        request_id: str | None = None,
+        api_key_id: int | None = None,
     ) -> tuple[str, Generation]:
         """Run a whole generation and return its text (the non-streaming face)."""
-        generation = await self.start(request, route=route, request_id=request_id)
+        generation = await self.start(
+            request, route=route, request_id=request_id, api_key_id=api_key_id
+        )
         try:
             parts = [piece async for piece in generation]
         finally:

@@ -44,9 +44,28 @@ def assert_one_red_line(result: subprocess.CompletedProcess[str]) -> None:
     assert lines[0].startswith("Error:")
 
 
-@pytest.mark.parametrize(
-    "command", [[], ["serve"], ["migrate"], ["generate"], ["bake-image"]], ids=str
-)
+COMMANDS = [
+    [],
+    ["serve"],
+    ["migrate"],
+    ["generate"],
+    ["bake-image"],
+    ["models"],
+    *(["models", sub] for sub in ("list", "active", "switch", "delete", "pull")),
+    ["keys"],
+    *(["keys", sub] for sub in ("create", "list", "revoke")),
+]
+
+
+def test_every_command_is_covered_by_the_help_test() -> None:
+    from llmserve.cli import _register, app
+
+    _register()
+    top = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert top == {c[0] for c in COMMANDS if c}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_help_renders_for_every_command(command: list[str], tmp_path: Path) -> None:
     result = run([*command, "--help"], {"PATH": os.environ["PATH"]}, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from llmserve.api.auth import PrincipalDep
 from llmserve.api.deps import GenerationDep
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse, Usage
@@ -12,7 +13,7 @@ from llmserve.api.sse import EventStream, generation_events
 router = APIRouter(prefix="/api/v1", tags=["generate"])
 
 ROUTE = "/api/v1/generate"
-_errors = {status: {"model": ErrorResponse} for status in (404, 413, 502, 503, 504)}
+_errors = {status: {"model": ErrorResponse} for status in (401, 404, 413, 429, 502, 503, 504)}
 
 
 @router.post(
@@ -31,16 +32,21 @@ _errors = {status: {"model": ErrorResponse} for status in (404, 413, 502, 503, 5
         **_errors,
     },
 )
-async def generate(body: GenerateRequest, request: Request, service: GenerationDep) -> Response:
+async def generate(
+    body: GenerateRequest, request: Request, service: GenerationDep, principal: PrincipalDep
+) -> Response:
     """Generate text with the active model; `stream: true` answers with Server-Sent Events."""
     domain = body.to_domain()
     service.check(domain)
+    key_id = principal.key_id if principal is not None else None
     try:
         if body.stream:
-            generation = await cancel_on_disconnect(request, service.start(domain, route=ROUTE))
+            generation = await cancel_on_disconnect(
+                request, service.start(domain, route=ROUTE, api_key_id=key_id)
+            )
         else:
             text, generation = await cancel_on_disconnect(
-                request, service.complete(domain, route=ROUTE)
+                request, service.complete(domain, route=ROUTE, api_key_id=key_id)
             )
     except ClientDisconnected:
         return Response(status_code=499)  # nobody reads it; the row says "cancelled"

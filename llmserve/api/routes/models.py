@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request, Response
 
 from llmserve import errors
+from llmserve.api.auth import AdminOnly
 from llmserve.api.deps import ActorDep, ModelsDep
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.schemas import (
@@ -57,13 +58,14 @@ async def active_model(models: ModelsDep) -> ActiveModelResponse:
 
 @router.post(
     "/pull",
+    dependencies=[AdminOnly],
     response_model=PullStatus,
     responses={
         200: {
             "description": '`{"status": "success"}`, or progress events with `stream=true`.',
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **_errors(400, 404, 501, 502, 503),
+        **_errors(400, 401, 403, 404, 501, 502, 503),
     },
 )
 async def pull_model(
@@ -92,7 +94,10 @@ async def pull_model(
 
 
 @router.delete(
-    "/{name:path}", response_model=MessageResponse, responses=_errors(400, 403, 404, 409)
+    "/{name:path}",
+    dependencies=[AdminOnly],
+    response_model=MessageResponse,
+    responses=_errors(400, 401, 403, 404, 409),
 )
 async def delete_model(name: str, models: ModelsDep, actor: ActorDep) -> MessageResponse:
     """Remove an installed model. Never the built-in one (403), nor the active one (409)."""
@@ -100,7 +105,12 @@ async def delete_model(name: str, models: ModelsDep, actor: ActorDep) -> Message
     return MessageResponse(message=f"Deleted model {name}")
 
 
-@router.post("/switch/{name:path}", response_model=MessageResponse, responses=_errors(400, 404))
+@router.post(
+    "/switch/{name:path}",
+    dependencies=[AdminOnly],
+    response_model=MessageResponse,
+    responses=_errors(400, 401, 403, 404),
+)
 async def switch_model(name: str, models: ModelsDep, actor: ActorDep) -> MessageResponse:
     """Make an installed model the active one, for every replica."""
     await models.switch(name, actor=actor)

@@ -1,0 +1,96 @@
+"""Authentication for every route but the public ones — deny by default (SPEC §6).
+
+``AuthMiddleware`` sits in front of the whole app, so a route added tomorrow is protected
+without anyone remembering to. It reads ``Authorization: Bearer <key>`` or ``X-API-Key``,
+authenticates against the in-memory key cache (no database trip) and leaves the
+:class:`Principal` in ``scope["state"]["principal"]`` for the routes. Failures are 401 with
+``WWW-Authenticate``, in OpenAI's error envelope on the ``/v1`` routes. Scope checks
+(admin-only actions) are route dependencies: :func:`require_admin`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmserve import errors
+from llmserve.services.keys import Principal
+
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, public_paths: frozenset[str] = PUBLIC_PATHS) -> None:
+        self.app = app
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        key = _key_from(scope["headers"])
+        keys = scope["app"].state.runtime.keys
+        try:
+            principal = await keys.authenticate(key)
+        except errors.AuthenticationError as exc:
+            await _unauthorized(send, exc.detail, openai=scope["path"].startswith("/v1/"))
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def _key_from(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def _unauthorized(send: Send, detail: str, *, openai: bool) -> None:
+    if openai:
+        payload = {
+            "error": {
+                "message": detail,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+    else:
+        payload = {"detail": detail, "code": errors.AuthenticationError.code}
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="llmserve"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def current_principal(request: Request) -> Principal | None:
+    """The authenticated key, or None when AUTH_REQUIRED=false."""
+    return request.scope.get("state", {}).get("principal")
+
+
+def require_admin(request: Request) -> None:
+    """Route dependency: with auth on, only admin keys pass (403 otherwise)."""
+    principal = current_principal(request)
+    if request.app.state.settings.AUTH_REQUIRED and (principal is None or not principal.admin):
+        raise errors.PermissionDeniedError("this action needs an admin API key")
+
+
+PrincipalDep = Annotated[Principal | None, Depends(current_principal)]
+AdminOnly = Depends(require_admin)

@@ -1,0 +1,222 @@
+"""API keys (SPEC §6): create, list, revoke, and authenticate without a database trip.
+
+A key is ``llms_`` + 43 URL-safe characters (32 random bytes). Only ``prefix`` (the first 13
+characters, shown in listings and accepted by ``revoke``), a random salt and
+``sha256(salt + key)`` are stored. Serving processes keep every key's prefix, hash and state in
+memory and reload them every ``refresh_s`` seconds, so a revocation anywhere stops the key on
+every server within about ``refresh_s``; an unknown prefix is looked up once in the database
+(at most 20 such look-ups a second, so a flood of made-up keys cannot hammer it), so a freshly
+created key works at once. ``last_used_at`` is collected in memory and
+written in batches by the reload, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmserve import errors
+from llmserve.db import repositories
+from llmserve.db.tables import ApiKeyRecord
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "llms_"
+PREFIX_LENGTH = len(KEY_PREFIX) + 8
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}\Z")
+_DURATION = re.compile(r"(\d+)([smhdw])\Z")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as."""
+
+    key_id: int
+    name: str
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    principal: Principal
+    salt: bytes
+    key_hash: bytes
+    expires_at: datetime | None
+    revoked: bool
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s`` → timedelta (for ``--expires-in``)."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise errors.InvalidRequestError(
+            f"invalid duration {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 2w"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _hash(salt: bytes, key: str) -> bytes:
+    return hashlib.sha256(salt + key.encode()).digest()
+
+
+class KeyService:
+    def __init__(self, sessions: sessionmaker[Session], refresh_s: float = 0.5) -> None:
+        self._sessions = sessions
+        self._refresh_s = refresh_s
+        self._by_prefix: dict[str, _CachedKey] = {}
+        self._used: dict[int, datetime] = {}
+        self._last_lookup = 0.0
+        self._reload_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- management (CLI) -------------------------------------------------------------------
+
+    def create(
+        self, name: str, *, admin: bool = False, expires_in: timedelta | None = None, actor: str
+    ) -> tuple[str, ApiKeyRecord]:
+        """Create a key; return the plain key (shown once) and its record."""
+        if not _NAME.match(name):
+            raise errors.InvalidRequestError(
+                f"invalid key name {name!r}: 1-100 letters, digits, '_', '.', '@' or '-'"
+            )
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        record = ApiKeyRecord(
+            name=name,
+            prefix=key[:PREFIX_LENGTH],
+            salt=salt.hex(),
+            key_hash=_hash(salt, key).hex(),
+            is_admin=admin,
+            created_at=datetime.now(UTC),
+            expires_at=datetime.now(UTC) + expires_in if expires_in else None,
+        )
+        try:
+            with self._sessions.begin() as session:
+                if repositories.api_key_named(session, name) is not None:
+                    raise errors.InvalidRequestError(f"a key named {name!r} exists already")
+                repositories.add_api_key(session, record)
+                repositories.insert_audit(
+                    session,
+                    actor=actor,
+                    action="key_create",
+                    target=name,
+                    outcome="ok",
+                    detail=f"prefix {record.prefix}, {'admin' if admin else 'plain'}",
+                )
+        except IntegrityError:
+            raise errors.InvalidRequestError(f"a key named {name!r} exists already") from None
+        return key, record
+
+    def list(self) -> list[ApiKeyRecord]:
+        with self._sessions() as session:
+            return repositories.all_api_keys(session)
+
+    def revoke(self, name_or_prefix: str, *, actor: str) -> ApiKeyRecord:
+        with self._sessions.begin() as session:
+            record = repositories.api_key_by_name_or_prefix(session, name_or_prefix)
+            if record is None:
+                raise errors.InvalidRequestError(f"no key named or prefixed {name_or_prefix!r}")
+            if record.revoked_at is None:
+                record.revoked_at = datetime.now(UTC)
+            repositories.insert_audit(
+                session, actor=actor, action="key_revoke", target=record.name, outcome="ok"
+            )
+            return record
+
+    # -- authentication (server) ------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._follow(), name="api-key-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.reload()  # writes the last batch of last_used_at
+
+    async def authenticate(self, key: str | None) -> Principal:
+        """The key's principal, or ``errors.AuthenticationError``. No database trip when cached."""
+        if not key:
+            raise errors.AuthenticationError("an API key is required (Authorization: Bearer <key>)")
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            raise errors.AuthenticationError("invalid API key")
+        prefix = key[:PREFIX_LENGTH]
+        cached = self._by_prefix.get(prefix)
+        if cached is None and time.monotonic() - self._last_lookup > 0.05:
+            self._last_lookup = time.monotonic()
+            cached = await self._lookup(prefix)  # perhaps created a moment ago
+        if cached is None or not hmac.compare_digest(_hash(cached.salt, key), cached.key_hash):
+            raise errors.AuthenticationError("invalid API key")
+        if cached.revoked:
+            raise errors.AuthenticationError("this API key has been revoked")
+        now = datetime.now(UTC)
+        if cached.expires_at is not None and cached.expires_at <= now:
+            raise errors.AuthenticationError("this API key has expired")
+        self._used[cached.principal.key_id] = now
+        return cached.principal
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            used, self._used = self._used, {}
+            try:
+                self._by_prefix = await asyncio.to_thread(self._load, used)
+            except SQLAlchemyError as exc:
+                self._used = {**used, **self._used}
+                log.warning("api keys: database unavailable, keeping the cached keys (%s)", exc)
+
+    async def _lookup(self, prefix: str) -> _CachedKey | None:
+        def read() -> _CachedKey | None:
+            with self._sessions() as session:
+                record = repositories.api_key_by_prefix(session, prefix)
+                return _cached(record) if record is not None else None
+
+        try:
+            found = await asyncio.to_thread(read)
+        except SQLAlchemyError:
+            return None
+        if found is not None:
+            self._by_prefix[prefix] = found
+        return found
+
+    def _load(self, used: dict[int, datetime]) -> dict[str, _CachedKey]:
+        with self._sessions.begin() as session:
+            if used:
+                repositories.touch_api_keys(session, used)
+            return {r.prefix: _cached(r) for r in repositories.all_api_keys(session)}
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            await self.reload()
+
+
+def _cached(record: ApiKeyRecord) -> _CachedKey:
+    return _CachedKey(
+        principal=Principal(record.id, record.name, record.is_admin),
+        salt=bytes.fromhex(record.salt),
+        key_hash=bytes.fromhex(record.key_hash),
+        expires_at=_aware(record.expires_at),
+        revoked=record.revoked_at is not None,
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
