@@ -244,3 +244,45 @@ async def test_pull_and_delete_are_not_supported(backend: OpenAIBackend) -> None
     await backend.warm(ALIAS)  # a no-op: the server keeps its model loaded
     await backend.aclose()  # closes nothing: the client is the caller's
     assert (await backend.list_models())[0].name == ALIAS
+
+
+def test_llmserve_in_front_of_an_openai_compatible_engine(server_url: str, tmp_path: Path) -> None:
+    """The whole server on LLM_BACKEND=openai: real text through /api/v1/generate, and a clear
+    501 (API) / one red line (CLI) for what such an engine cannot do."""
+    import os
+
+    from tests._server import running_server
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "LLM_BACKEND": "openai",
+        "OPENAI_BASE_URL": server_url,
+        "OPENAI_API_KEY": API_KEY,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'openai.db'}",
+        "LOG_LEVEL": "WARNING",
+    }
+    with running_server(env, tmp_path) as server:
+        assert httpx.get(server.base_url + "/api/v1/models/active").json() == {"model": ALIAS}
+        body = {"prompt": "Why is the sky blue?", "options": {"max_tokens": 12}}
+        answer = httpx.post(server.base_url + "/api/v1/generate", json=body, timeout=60)
+        assert answer.status_code == 200 and answer.json()["response"].strip()
+        with httpx.stream(
+            "POST", server.base_url + "/api/v1/generate", json={**body, "stream": True}, timeout=60
+        ) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert len(lines) > 2 and lines[-1] == "data: {}"
+        pull = httpx.post(server.base_url + "/api/v1/models/pull", json={"name": "other"})
+        assert pull.status_code == 501
+        assert pull.json()["code"] == "not_supported"
+        assert httpx.get(server.base_url + "/ready").status_code == 200
+    result = subprocess.run(
+        [sys.executable, "-m", "llmserve", "models", "pull", "other"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 5
+    assert "not supported" in result.stderr and "Traceback" not in result.stderr

@@ -110,3 +110,42 @@ def test_cli_pull_shows_progress_and_installs(
     unknown = cli(["models", "pull", "nosuchmodel"], subprocess_env, tmp_path)
     assert unknown.returncode == 3
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_client_leaving_mid_pull_leaves_no_half_recorded_state(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
+) -> None:
+    from sqlalchemy import select
+
+    from llmserve.db.session import make_engine, make_sessions
+    from llmserve.db.tables import AuditRecord
+
+    ollama.add_registry_model("mistral:7b", size=50_000)
+    ollama.pull_delay_s = 0.05
+    with running_server(subprocess_env, tmp_path) as server:
+        with httpx.stream(
+            "POST",
+            server.base_url + "/api/v1/models/pull?stream=true",
+            json={"name": "mistral:7b"},
+            timeout=10,
+        ) as response:
+            events = 0
+            for line in response.iter_lines():
+                events += line.startswith("data: ")
+                if events == 2:
+                    break
+        record = ollama.wait_for_pull_cancel(timeout=2.0)
+        assert record.cancelled and "success" not in record.statuses
+        assert "mistral:7b" not in ollama.models
+        listed = httpx.get(server.base_url + "/api/v1/models").json()["models"]
+        assert "mistral:7b" not in {m["name"] for m in listed}
+        deadline = time.monotonic() + 2
+        engine = make_engine(db_url)
+        while time.monotonic() < deadline:
+            with make_sessions(engine)() as session:
+                rows = [(r.action, r.outcome) for r in session.scalars(select(AuditRecord))]
+            if rows:
+                break
+            time.sleep(0.02)
+        engine.dispose()
+        assert rows == [("pull", "cancelled")]
