@@ -17,6 +17,7 @@ from llmserve.backends.base import Backend
 from llmserve.backends.factory import create_backend, http_client
 from llmserve.db import migrate
 from llmserve.db.session import make_engine, make_sessions
+from llmserve.metrics import Metrics
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
 from llmserve.services.generation import GenerationService
@@ -38,9 +39,16 @@ class Runtime:
     models: ModelService
     keys: KeyService
 
-    def __init__(self, settings: Settings, *, follow_active_model: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        follow_active_model: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
         settings.check_backend()
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self._follow = follow_active_model
         self._stack = AsyncExitStack()
 
@@ -59,6 +67,7 @@ class Runtime:
         stack.push_async_callback(self.backend.aclose)
         await self.backend.start()
         self.request_log = RequestLogWriter(self.sessions, capacity=settings.REQUEST_LOG_BUFFER)
+        self.request_log.on_drop = self.metrics.log_rows_dropped.inc
         self.request_log.start()
         stack.callback(self.request_log.stop)
         self.active_model = ActiveModelService(
@@ -66,20 +75,23 @@ class Runtime:
         )
         await self.active_model.start(follow=self._follow)
         stack.push_async_callback(self.active_model.stop)
+        admission = Admission(
+            min(
+                settings.MAX_CONCURRENT_GENERATIONS,
+                self.backend.max_concurrency or settings.MAX_CONCURRENT_GENERATIONS,
+            ),
+            settings.MAX_QUEUED_GENERATIONS,
+            settings.QUEUE_TIMEOUT_S,
+        )
+        self.metrics.follow_admission(lambda: admission.running, lambda: admission.queued)
         self.generation = GenerationService(
             self.backend,
             self.active_model,
             self.request_log,
-            Admission(
-                min(
-                    settings.MAX_CONCURRENT_GENERATIONS,
-                    self.backend.max_concurrency or settings.MAX_CONCURRENT_GENERATIONS,
-                ),
-                settings.MAX_QUEUED_GENERATIONS,
-                settings.QUEUE_TIMEOUT_S,
-            ),
+            admission,
             max_prompt_chars=settings.MAX_PROMPT_CHARS,
             log_prompts=settings.LOG_PROMPTS,
+            metrics=self.metrics,
         )
         self.models = ModelService(
             self.backend,

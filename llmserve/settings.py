@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     HOST_BIND_IP: str = "127.0.0.1"
     PORT: int = Field(8000, ge=1, le=65535)
     AUTH_REQUIRED: bool = False
+    METRICS_REQUIRE_AUTH: bool = False
     LOG_PROMPTS: bool = False
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     MAX_CONCURRENT_GENERATIONS: int = Field(4, ge=1)

@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 from llmserve import __version__
 from llmserve.api import errors
-from llmserve.api.auth import AuthMiddleware
+from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
 from llmserve.api.routes import generate, health, models
+from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
 from llmserve.settings import Settings, load_settings
 
@@ -23,10 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Settings default to the environment, read now (not at import)."""
     settings = settings or load_settings()
     settings.check_backend()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Runtime(settings) as runtime:
+        async with Runtime(settings, metrics=metrics) as runtime:
             app.state.runtime = runtime
             if not settings.AUTH_REQUIRED and not settings.listens_on_loopback:
                 log.warning(
@@ -51,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     if settings.AUTH_REQUIRED:
-        app.add_middleware(AuthMiddleware)
+        public = PUBLIC_PATHS if settings.METRICS_REQUIRE_AUTH else PUBLIC_PATHS | {"/metrics"}
+        app.add_middleware(AuthMiddleware, public_paths=public)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     # Added last, so it runs first: an oversized body is refused before anything else.
     app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
     app.include_router(generate.router)

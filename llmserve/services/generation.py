@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from llmserve import errors
 from llmserve.backends.base import Backend, GenerationStream
@@ -20,6 +21,9 @@ from llmserve.domain import GenerationRequest, GenerationResult
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
 from llmserve.services.request_log import RequestLogRow, RequestLogWriter
+
+if TYPE_CHECKING:
+    from llmserve.metrics import Metrics
 
 
 class GenerationService:
@@ -32,8 +36,10 @@ class GenerationService:
         *,
         max_prompt_chars: int,
         log_prompts: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._backend = backend
+        self._metrics = metrics
         self.admission = admission
         self._active_model = active_model
         self._request_log = request_log
@@ -68,6 +74,7 @@ class GenerationService:
             api_key_id=api_key_id,
             request_log=self._request_log,
             log_prompts=self._log_prompts,
+            metrics=self._metrics,
         )
         await generation.open(self._backend, self.admission)
         return generation
@@ -104,8 +111,11 @@ class Generation:
         api_key_id: int | None,
         request_log: RequestLogWriter,
         log_prompts: bool,
+        metrics: Metrics | None = None,
     ) -> None:
         self.request = request
+        self._metrics = metrics
+        self._error_code: str | None = None
         self.model = model
         self._route = route
         self._request_id = request_id
@@ -155,6 +165,8 @@ class Generation:
         self.result = self._stream.result
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, errors.LlmserveError):
+            self._error_code = exc.code
         if isinstance(exc, errors.OverloadedError):
             self._status, self._error = "rejected", exc.detail
         elif isinstance(exc, errors.BackendTimeoutError):
@@ -188,20 +200,21 @@ class Generation:
         completion = usage.completion_tokens if usage is not None else 0
         if not completion and stream is not None:
             completion = stream.tokens_received
-        self._request_log.record(
-            RequestLogRow(
-                created_at=datetime.now(UTC),
-                route=self._route,
-                model=self.model,
-                status=self._status,
-                duration_ms=(time.perf_counter() - self._started) * 1000.0,
-                completion_tokens=completion,
-                prompt_tokens=usage.prompt_tokens if usage is not None else None,
-                ttft_ms=self._ttft * 1000.0 if self._ttft is not None else None,
-                error=self._error,
-                request_id=self._request_id,
-                api_key_id=self._api_key_id,
-                prompt=self.request.prompt if self._log_prompts else None,
-                response="".join(self._pieces) if self._pieces is not None else None,
-            )
+        row = RequestLogRow(
+            created_at=datetime.now(UTC),
+            route=self._route,
+            model=self.model,
+            status=self._status,
+            duration_ms=(time.perf_counter() - self._started) * 1000.0,
+            completion_tokens=completion,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            ttft_ms=self._ttft * 1000.0 if self._ttft is not None else None,
+            error=self._error,
+            request_id=self._request_id,
+            api_key_id=self._api_key_id,
+            prompt=self.request.prompt if self._log_prompts else None,
+            response="".join(self._pieces) if self._pieces is not None else None,
         )
+        self._request_log.record(row)
+        if self._metrics is not None:
+            self._metrics.generation_ended(row, self._error_code)

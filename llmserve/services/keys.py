@@ -13,6 +13,7 @@ written in batches by the reload, never per request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -77,7 +78,7 @@ class KeyService:
         self._refresh_s = refresh_s
         self._by_prefix: dict[str, _CachedKey] = {}
         self._used: dict[int, datetime] = {}
-        self._last_lookup = 0.0
+        self._lookups: collections.deque[float] = collections.deque()
         self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -157,8 +158,7 @@ class KeyService:
             raise errors.AuthenticationError("invalid API key")
         prefix = key[:PREFIX_LENGTH]
         cached = self._by_prefix.get(prefix)
-        if cached is None and time.monotonic() - self._last_lookup > 0.05:
-            self._last_lookup = time.monotonic()
+        if cached is None and self._may_look_up():
             cached = await self._lookup(prefix)  # perhaps created a moment ago
         if cached is None or not hmac.compare_digest(_hash(cached.salt, key), cached.key_hash):
             raise errors.AuthenticationError("invalid API key")
@@ -178,6 +178,15 @@ class KeyService:
             except SQLAlchemyError as exc:
                 self._used = {**used, **self._used}
                 log.warning("api keys: database unavailable, keeping the cached keys (%s)", exc)
+
+    def _may_look_up(self, per_second: int = 20) -> bool:
+        now = time.monotonic()
+        while self._lookups and now - self._lookups[0] > 1.0:
+            self._lookups.popleft()
+        if len(self._lookups) >= per_second:
+            return False
+        self._lookups.append(now)
+        return True
 
     async def _lookup(self, prefix: str) -> _CachedKey | None:
         def read() -> _CachedKey | None:

@@ -17,7 +17,7 @@ from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord
 from llmserve.services.keys import KeyService, parse_duration
 from tests.fakes.ollama_double import OllamaDouble
 
-PUBLIC = {"/health", "/ready"}
+PUBLIC = {"/health", "/ready", "/metrics"}  # /metrics: unless METRICS_REQUIRE_AUTH=true
 
 
 @pytest.fixture
@@ -223,3 +223,14 @@ def test_bad_durations(text: str) -> None:
 
     with pytest.raises(InvalidRequestError):
         parse_duration(text)
+
+
+def test_metrics_can_require_a_key(
+    make_client: Callable[..., TestClient], keys: KeyService
+) -> None:
+    open_metrics = make_client(AUTH_REQUIRED=True)
+    assert open_metrics.get("/metrics").status_code == 200
+    closed = make_client(AUTH_REQUIRED=True, METRICS_REQUIRE_AUTH=True)
+    assert closed.get("/metrics").status_code == 401
+    key, _ = keys.create("prometheus", actor="test")
+    assert closed.get("/metrics", headers=bearer(key)).status_code == 200

@@ -1,9 +1,10 @@
-"""``/health`` (liveness) and ``/ready`` (readiness, SPEC §3)."""
+"""``/health`` (liveness), ``/ready`` (readiness, SPEC §3) and ``/metrics`` (SPEC §8)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmserve.api.deps import RuntimeDep
 from llmserve.api.schemas import HealthResponse, ReadyResponse
@@ -27,3 +28,13 @@ async def ready(runtime: RuntimeDep) -> JSONResponse:
         {"status": "ready" if ok else "not ready", "checks": checks},
         status_code=200 if ok else 503,
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus metrics: requests, generations, latency, tokens, queue, backend state."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
