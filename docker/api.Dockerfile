@@ -37,7 +37,8 @@ LABEL org.opencontainers.image.title="llmserve-api" \
 
 ENV PATH="/opt/venv/bin:$PATH" \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json
 
 RUN groupadd --system --gid 10001 llmserve \
     && useradd --system --uid 10001 --gid llmserve --home-dir /app --no-create-home \

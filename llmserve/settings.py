@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     METRICS_REQUIRE_AUTH: bool = False
     LOG_PROMPTS: bool = False
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["text", "json"] = "text"
     MAX_CONCURRENT_GENERATIONS: int = Field(4, ge=1)
     MAX_QUEUED_GENERATIONS: int = Field(64, ge=0)
     QUEUE_TIMEOUT_S: float = Field(30.0, gt=0)

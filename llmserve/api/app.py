@@ -12,6 +12,7 @@ from llmserve import __version__
 from llmserve.api import errors
 from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
+from llmserve.api.request_id import RequestIdMiddleware
 from llmserve.api.routes import generate, health, models
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
@@ -56,8 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         public = PUBLIC_PATHS if settings.METRICS_REQUIRE_AUTH else PUBLIC_PATHS | {"/metrics"}
         app.add_middleware(AuthMiddleware, public_paths=public)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    # Added last, so it runs first: an oversized body is refused before anything else.
+    # Added last, so they run first: an oversized body is refused before anything else, and
+    # every response, refusals included, carries its X-Request-ID.
     app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(health.router)

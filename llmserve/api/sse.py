@@ -138,6 +138,7 @@ async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
             yield token_event(piece)
         yield END
     except errors.LlmserveError as exc:
+        log.warning("stream ended with %s: %s", exc.code, exc.detail)
         yield error_event(exc)
     except Exception as exc:
         log.exception("generation failed mid-stream")

@@ -15,9 +15,12 @@ import typer
 from rich.console import Console
 
 from llmserve import errors
+from llmserve.logging_setup import configure_logging
 from llmserve.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+
+__all__ = ["configure_logging", "fail", "run", "settings_or_exit", "stdout_console"]
 
 EXIT_INTERRUPTED = 130
 
@@ -76,17 +79,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         _stderr.print("[yellow]Interrupted.[/]")
         sys.stderr.flush()
         raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Logging for entrypoints: one line per event on stderr."""
-    import logging
-
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def stdout_console() -> Console:

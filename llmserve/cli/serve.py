@@ -25,7 +25,7 @@ def serve(
         settings.check_backend()
     except SettingsError as exc:
         fail(str(exc), 2)
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; a clean shutdown
     # should exit 0, so the re-raised signal ends the process with SystemExit(0).
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -38,6 +38,7 @@ def serve(
         workers=None if reload else workers,
         log_level=settings.LOG_LEVEL.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's loggers use ours (text or JSON, with request ids)
         timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_S,
     )
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from llmserve import errors
 from llmserve.backends.base import Backend, GenerationStream
 from llmserve.domain import GenerationRequest, GenerationResult
+from llmserve.logging_setup import current_request_id
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
 from llmserve.services.request_log import RequestLogRow, RequestLogWriter
@@ -63,14 +64,16 @@ class GenerationService:
         route: str,
         request_id: str | None = None,
         api_key_id: int | None = None,
+        model: str | None = None,
     ) -> Generation:
+        """Open a generation on ``model`` (already resolved by the caller), else the active one."""
         self.check(request)
-        model = self._active_model.current
+        model = model or self._active_model.current
         generation = Generation(
             request,
             model=model,
             route=route,
-            request_id=request_id,
+            request_id=request_id or current_request_id(),
             api_key_id=api_key_id,
             request_log=self._request_log,
             log_prompts=self._log_prompts,
@@ -86,10 +89,11 @@ class GenerationService:
         route: str,
         request_id: str | None = None,
         api_key_id: int | None = None,
+        model: str | None = None,
     ) -> tuple[str, Generation]:
         """Run a whole generation and return its text (the non-streaming face)."""
         generation = await self.start(
-            request, route=route, request_id=request_id, api_key_id=api_key_id
+            request, route=route, request_id=request_id, api_key_id=api_key_id, model=model
         )
         try:
             parts = [piece async for piece in generation]

@@ -1,0 +1,41 @@
+"""``X-Request-ID`` on every response (SPEC §8): echoed when the client sends a sane one.
+
+The id is put in ``scope["state"]["request_id"]`` and in a context variable, so log lines
+written while serving the request and the request-log row of its generation carry it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmserve.logging_setup import request_id_var
+
+_SANE = re.compile(rb"[A-Za-z0-9._:-]{1,128}\Z")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = raw.decode() if raw is not None and _SANE.match(raw) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
