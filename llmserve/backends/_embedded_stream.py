@@ -27,6 +27,10 @@ from llmserve.domain import GenerationRequest, GenerationResult, Usage
 
 log = logging.getLogger(__name__)
 
+#: Without ``max_tokens`` a small base model may ramble until its context is full (4096 tokens,
+#: minutes on a CPU); an unbounded request gets this many at most.
+DEFAULT_MAX_TOKENS = 512
+
 STOP_WAIT_S = 5.0  # the longest aclose() waits for the worker; one token takes milliseconds
 
 
@@ -100,7 +104,7 @@ class GenerationJob:
             raise errors.PromptTooLargeError(
                 f"the prompt is {len(prompt)} tokens; the model's context holds {llama.n_ctx()}"
             )
-        limit = min(request.options.max_tokens or room, room)
+        limit = min(request.options.max_tokens or DEFAULT_MAX_TOKENS, room)
         if not prefill(llama, prompt, cancelled):
             self._finish_cancelled(Usage(len(prompt), 0))
             return
