@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     SSE_PING_INTERVAL_S: float = Field(15.0, gt=0)
     ACTIVE_MODEL_REFRESH_S: float = Field(0.5, gt=0)
     REQUEST_LOG_BUFFER: int = Field(10_000, ge=1)
+    REQUEST_LOG_RETENTION_DAYS: int = Field(30, ge=0)
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0)
 
     @field_validator("DATABASE_URL")
