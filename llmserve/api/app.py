@@ -13,7 +13,7 @@ from llmserve.api import errors
 from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
-from llmserve.api.routes import generate, health, models
+from llmserve.api.routes import generate, health, models, openai
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
 from llmserve.settings import Settings, load_settings
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(openai.router)
     return app
 
 

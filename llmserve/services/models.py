@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ class ModelEntry:
 
 
 class ModelService:
+    #: How long ``resolve`` trusts its copy of the installed list.
+    INSTALLED_CACHE_S = 2.0
+
     def __init__(
         self,
         backend: Backend,
@@ -57,6 +61,8 @@ class ModelService:
         self._sessions = sessions
         self._validate_names = validate_names
         self._warming: set[asyncio.Task[None]] = set()
+        self._installed_cache: tuple[float, list[ModelInfo]] | None = None  # (read at, models)
+        self._installed_read: tuple[float, asyncio.Future[list[ModelInfo]]] | None = None
 
     def validate(self, name: str) -> str:
         """Check ``name`` (Ollama's rules for Ollama; non-empty otherwise); return it stripped."""
@@ -85,6 +91,48 @@ class ModelService:
             )
             for model in models
         ]
+
+    async def resolve(self, name: str) -> str:
+        """The model a client's ``name`` means: the active model, or an installed one.
+
+        ``llama3.2`` and ``LLAMA3.2:latest`` both find ``llama3.2:latest``. The installed list is
+        cached for ``INSTALLED_CACHE_S`` so a generation rarely pays a backend round trip; a
+        miss re-reads it once (a model pulled a moment ago), then raises ModelNotFoundError.
+        """
+        active = self.active
+        if names.same_model(name, active):
+            return active
+        asked = time.monotonic()
+        found = find_installed(name, await self._installed(asked - self.INSTALLED_CACHE_S))
+        if found is None:
+            found = find_installed(name, await self._installed(asked))
+        if found is None:
+            raise errors.ModelNotFoundError(
+                f"model '{name}' not found: it is neither installed nor the active model"
+            )
+        return found.name
+
+    async def _installed(self, fresh_after: float) -> list[ModelInfo]:
+        """The installed models as read at or after ``fresh_after``.
+
+        Concurrent callers share one backend read (a slow backend is asked once, not once per
+        waiting request); a caller that leaves does not cancel the read for the others.
+        """
+        cached = self._installed_cache
+        if cached is not None and cached[0] >= fresh_after:
+            return cached[1]
+        reading = self._installed_read
+        if reading is None or reading[0] < fresh_after:
+            started = time.monotonic()
+            task = asyncio.ensure_future(self._read_installed(started))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, if unawaited
+            reading = self._installed_read = (started, task)
+        return await asyncio.shield(reading[1])
+
+    async def _read_installed(self, started: float) -> list[ModelInfo]:
+        models = await self._backend.list_models()
+        self._installed_cache = (started, models)
+        return models
 
     async def pull(self, name: str, *, actor: str) -> AsyncIterator[PullProgress]:
         """Pull ``name``, yielding progress; the last item has status ``success``."""

@@ -1,0 +1,304 @@
+"""OpenAI's wire format: stream chunks, whole responses and the error envelope (SPEC §9).
+
+Streams follow OpenAI's framing, event by event:
+
+* chat: a first chunk with ``delta: {"role": "assistant", "content": ""}``, one chunk per text
+  fragment (``delta.content``), then a chunk with an empty ``delta`` and the ``finish_reason``;
+  completions: one chunk per fragment (``text``), then one with ``text: ""`` and the reason;
+* with ``stream_options.include_usage`` every chunk carries ``"usage": null`` and one more chunk
+  follows with ``choices: []`` and the ``usage``;
+* the end is ``data: [DONE]``.
+
+**An error after the first streamed byte** (the status line is gone) is sent as one final
+``data: {"error": {"message", "type", "param", "code"}}`` event and the stream ends *without*
+``data: [DONE]``, which is what vLLM and other OpenAI-compatible servers do; OpenAI's SDKs raise
+``APIError`` on such an event, and a client reading raw SSE sees that the answer is cut short.
+Everything checkable before the first byte gets a real status code instead.
+
+Errors before the first byte use OpenAI's envelope with the status of the one error map
+(``api.errors.STATUS``); :class:`OpenAIRoute` converts llmserve errors *and* FastAPI's request
+validation errors (422 elsewhere, 400 here, ``param`` naming the field) for the routes that use
+it, so the native routes keep their own formats.
+
+Per fragment the work is one ``json.dumps`` of the text and two concatenations: the constant
+parts of a chunk are encoded once per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from llmserve import errors
+from llmserve.api.errors import status_for
+from llmserve.api.openai_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    Completion,
+    CompletionChoice,
+    CompletionUsage,
+)
+from llmserve.domain import GenerationResult, Usage
+from llmserve.services.generation import Generation
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+_HOLE = "\x00llmserve-hole\x00"  # stands for the per-fragment text while templates are encoded
+
+#: OpenAI's error ``type`` per HTTP status; anything else is ``api_error``.
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",  # OpenAI's own choice, with code "invalid_api_key"
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def new_id(prefix: str) -> str:
+    """``chatcmpl-…`` / ``cmpl-…``: a prefix and 24 random hex digits."""
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def finish_reason(result: GenerationResult | None) -> str:
+    """OpenAI's ``finish_reason`` for a backend's done reason (``length`` or ``stop``)."""
+    return "length" if result is not None and result.done_reason == "length" else "stop"
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "api_error")
+
+
+def envelope(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_body(error: errors.LlmserveError) -> dict[str, dict[str, str | None]]:
+    return envelope(error.detail, error_type(status_for(error)), None, error.code)
+
+
+def error_response(error: errors.LlmserveError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, errors.AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="llmserve"'
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(error_body(error), status_code=status_for(error), headers=headers)
+
+
+def error_event(error: errors.LlmserveError) -> bytes:
+    return b"data: " + json.dumps(error_body(error), separators=(",", ":")).encode() + b"\n\n"
+
+
+def param_of(loc: Sequence[str | int]) -> str | None:
+    """OpenAI's spelling of a field's location: ``messages.[0].content``."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    param = ""
+    for part in parts:
+        if isinstance(part, int):
+            param += f".[{part}]"
+        else:
+            param += f".{part}" if param else str(part)
+    return param or None
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 as OpenAI's 400; the first error names the parameter."""
+    first: dict[str, Any] = next(iter(exc.errors()), {})
+    kind, msg = str(first.get("type", "")), str(first.get("msg", "invalid request"))
+    param = param_of(first.get("loc", ()))
+    if kind == "json_invalid":
+        message, param, code = "We could not parse the JSON body of your request.", None, None
+    elif param is None:
+        message = "The request body must be a JSON object (Content-Type: application/json)."
+        code = None
+    elif kind == "missing":
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    elif kind == "unsupported_parameter":
+        message, code = msg, kind  # the message names the parameter already
+    else:
+        code = "invalid_type" if kind.endswith(("_type", "_parsing")) else "invalid_value"
+        message = f"Invalid value for '{param}': {msg}."
+    return JSONResponse(envelope(message, "invalid_request_error", param, code), status_code=400)
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose failures before the first byte are answered in OpenAI's envelope."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return validation_error_response(exc)
+            except errors.LlmserveError as exc:
+                return error_response(exc)
+
+        return handle
+
+
+# -- whole responses ---------------------------------------------------------------------------
+
+
+def _usage(generation: Generation) -> CompletionUsage:
+    usage = generation.result.usage if generation.result is not None else Usage()
+    return CompletionUsage(**usage_dict(usage))
+
+
+def chat_completion(text: str, generation: Generation) -> ChatCompletion:
+    return ChatCompletion(
+        id=new_id(ChatChunks.id_prefix),
+        created=int(time.time()),
+        model=generation.model,
+        choices=[
+            ChatChoice(
+                message=AssistantMessage(content=text),
+                finish_reason=finish_reason(generation.result),
+            )
+        ],
+        usage=_usage(generation),
+    )
+
+
+def text_completion(text: str, generation: Generation) -> Completion:
+    return Completion(
+        id=new_id(CompletionChunks.id_prefix),
+        created=int(time.time()),
+        model=generation.model,
+        choices=[CompletionChoice(text=text, finish_reason=finish_reason(generation.result))],
+        usage=_usage(generation),
+    )
+
+
+# -- streams ---------------------------------------------------------------------------------
+
+
+def _data(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _template(payload: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``payload`` as SSE bytes, split where ``_HOLE`` stands: (before, after)."""
+    head, tail = json.dumps(payload, separators=(",", ":")).split(json.dumps(_HOLE))
+    return b"data: " + head.encode(), tail.encode() + b"\n\n"
+
+
+class ChunkEncoder:
+    """The SSE events of one OpenAI stream (subclasses: chat and text completions)."""
+
+    object_name: str
+    id_prefix: str
+
+    def __init__(self, id_: str, created: int, model: str, *, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self._base: dict[str, Any] = {
+            "id": id_,
+            "object": self.object_name,
+            "created": created,
+            "model": model,
+        }
+        self._head, self._tail = _template(self._chunk(self._choice(_HOLE, None)))
+
+    @classmethod
+    def for_generation(cls, generation: Generation, *, include_usage: bool) -> ChunkEncoder:
+        """An encoder with a fresh id, for a stream of ``generation``."""
+        return cls(
+            new_id(cls.id_prefix), int(time.time()), generation.model, include_usage=include_usage
+        )
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        chunk = {**self._base, "choices": [choice]}
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _choice(self, text: str, finish: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def start(self) -> bytes | None:
+        """What precedes the first fragment, if anything."""
+        return None
+
+    def text(self, text: str) -> bytes:
+        return self._head + json.dumps(text).encode() + self._tail
+
+    def finish(self, reason: str) -> bytes:
+        return _data(self._chunk(self._choice("", reason)))
+
+    def usage(self, usage: Usage) -> bytes:
+        return _data({**self._base, "choices": [], "usage": usage_dict(usage)})
+
+
+class ChatChunks(ChunkEncoder):
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def _choice(self, text: str, finish: str | None) -> dict[str, Any]:
+        delta = {} if finish is not None else {"content": text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def start(self) -> bytes:
+        delta = {"role": "assistant", "content": ""}
+        return _data(
+            self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        )
+
+
+class CompletionChunks(ChunkEncoder):
+    object_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def _choice(self, text: str, finish: str | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+
+async def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIterator[bytes]:
+    """The SSE events of one generation in OpenAI's format; closes the generation at the end."""
+    try:
+        start = chunks.start()
+        if start is not None:
+            yield start
+        async for piece in generation:
+            if piece:
+                yield chunks.text(piece)
+        yield chunks.finish(finish_reason(generation.result))
+        if chunks.include_usage:
+            result = generation.result or GenerationResult()
+            yield chunks.usage(result.usage)
+        yield DONE
+    except errors.LlmserveError as exc:
+        yield error_event(exc)
+    except Exception as exc:
+        log.exception("generation failed mid-stream")
+        yield error_event(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
+    finally:
+        await generation.aclose()

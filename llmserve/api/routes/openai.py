@@ -1,0 +1,158 @@
+"""The OpenAI-compatible API (SPEC §9): ``/v1/models``, ``/v1/chat/completions``,
+``/v1/completions``.
+
+The same generation service as ``/api/v1/generate`` (same admission control, cancellation and
+request-log rows, under these route names), in OpenAI's wire format (``api/openai_wire.py``).
+Unlike the native route, ``model`` chooses the model: the active one or any installed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from llmserve import errors
+from llmserve.api.auth import PrincipalDep
+from llmserve.api.deps import GenerationDep, ModelsDep
+from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from llmserve.api.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionParams,
+    CompletionRequest,
+    ErrorEnvelope,
+    ModelList,
+    ModelObject,
+)
+from llmserve.api.openai_wire import (
+    ChatChunks,
+    ChunkEncoder,
+    CompletionChunks,
+    OpenAIRoute,
+    chat_completion,
+    openai_events,
+    text_completion,
+)
+from llmserve.api.sse import EventStream
+from llmserve.domain import GenerationRequest, ModelInfo
+from llmserve.services.chat import chat_to_request
+from llmserve.services.generation import Generation, GenerationService
+from llmserve.services.keys import Principal
+from llmserve.services.models import ModelService, find_installed
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
+    return {status: {"model": ErrorEnvelope} for status in statuses}
+
+
+_GENERATION_ERRORS = _errors(400, 401, 404, 413, 429, 502, 503, 504)
+_stream_doc = {
+    "description": "The whole completion, or Server-Sent Events with `stream: true`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def _model_object(info: ModelInfo) -> ModelObject:
+    created = int(info.modified_at.timestamp()) if info.modified_at else 0
+    return ModelObject(id=info.name, created=created)
+
+
+@router.get("/models", response_model=ModelList, responses=_errors(401, 502, 503))
+async def list_models(models: ModelsDep) -> ModelList:
+    """Installed models."""
+    return ModelList(data=[_model_object(entry.info) for entry in await models.list()])
+
+
+@router.get(
+    "/models/{model:path}", response_model=ModelObject, responses=_errors(401, 404, 502, 503)
+)
+async def retrieve_model(model: str, models: ModelsDep) -> ModelObject:
+    """One installed model (`llama3.2` finds `llama3.2:latest`)."""
+    found = find_installed(model, [entry.info for entry in await models.list()])
+    if found is None:
+        raise errors.ModelNotFoundError(f"model '{model}' is not installed")
+    return _model_object(found)
+
+
+@dataclass(frozen=True, slots=True)
+class _Face:
+    """How one generation route speaks: its log name, its chunks and its whole response."""
+
+    route: str
+    chunks: type[ChunkEncoder]
+    whole: Callable[[str, Generation], BaseModel]
+
+
+CHAT = _Face("/v1/chat/completions", ChatChunks, chat_completion)
+COMPLETIONS = _Face("/v1/completions", CompletionChunks, text_completion)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: _stream_doc, **_GENERATION_ERRORS},
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    service: GenerationDep,
+    models: ModelsDep,
+    principal: PrincipalDep,
+) -> Response:
+    """A chat completion; the conversation is rendered into one prompt and system prompt."""
+    domain = chat_to_request(body.chat_messages(), body.generation_options())
+    return await _generate(CHAT, body, domain, request, service, models, principal)
+
+
+@router.post(
+    "/completions", response_model=Completion, responses={200: _stream_doc, **_GENERATION_ERRORS}
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    service: GenerationDep,
+    models: ModelsDep,
+    principal: PrincipalDep,
+) -> Response:
+    """A text completion of `prompt` (a single string)."""
+    domain = GenerationRequest(prompt=body.prompt, options=body.options())
+    return await _generate(COMPLETIONS, body, domain, request, service, models, principal)
+
+
+async def _generate(
+    face: _Face,
+    body: CompletionParams,
+    domain: GenerationRequest,
+    request: Request,
+    service: GenerationService,
+    models: ModelService,
+    principal: Principal | None,
+) -> Response:
+    service.check(domain)
+    model = await models.resolve(body.model)
+    key_id = principal.key_id if principal is not None else None
+    try:
+        if body.stream:
+            generation = await cancel_on_disconnect(
+                request, service.start(domain, route=face.route, api_key_id=key_id, model=model)
+            )
+        else:
+            text, generation = await cancel_on_disconnect(
+                request,
+                service.complete(domain, route=face.route, api_key_id=key_id, model=model),
+            )
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody reads it; the row says "cancelled"
+    if body.stream:
+        chunks = face.chunks.for_generation(generation, include_usage=body.include_usage)
+        return EventStream(
+            openai_events(generation, chunks),
+            ping_interval=request.app.state.runtime.settings.SSE_PING_INTERVAL_S,
+        )
+    return Response(face.whole(text, generation).model_dump_json(), media_type="application/json")
