@@ -6,11 +6,15 @@ import time, and ``async with Runtime(settings)`` releases everything it made, i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from types import TracebackType
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve.backends.base import Backend
@@ -24,6 +28,7 @@ from llmserve.services.generation import GenerationService
 from llmserve.services.keys import KeyService
 from llmserve.services.models import ModelService
 from llmserve.services.request_log import RequestLogWriter
+from llmserve.services.usage import prune_request_log, retention_period
 from llmserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +109,22 @@ class Runtime:
         if settings.AUTH_REQUIRED and self._follow:
             await self.keys.start()
             stack.push_async_callback(self.keys.stop)
+        keep = retention_period(settings)
+        if keep is not None and self._follow:
+            pruner = asyncio.create_task(self._prune_hourly(keep), name="request-log-retention")
+            stack.push_async_callback(_cancel, pruner)
         return self
+
+    async def _prune_hourly(self, keep: timedelta) -> None:
+        """Apply REQUEST_LOG_RETENTION_DAYS: now, then once an hour."""
+        while True:
+            try:
+                deleted = await asyncio.to_thread(prune_request_log, self.sessions, keep)
+                if deleted:
+                    log.info("request log: deleted %d rows older than %s", deleted, keep)
+            except SQLAlchemyError as exc:
+                log.warning("request log: could not apply the retention (%s)", exc)
+            await asyncio.sleep(3600)
 
     async def __aexit__(
         self,
@@ -113,3 +133,9 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

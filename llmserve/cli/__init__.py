@@ -32,7 +32,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `llmserve --help` stays fast and nothing runs at import time.
-    from llmserve.cli import bake_image, generate, keys, migrate, models, serve
+    from llmserve.cli import bake_image, generate, keys, logs, migrate, models, serve, stats
 
     app.command("serve")(serve.serve)
     app.command("migrate")(migrate.migrate)
@@ -40,6 +40,8 @@ def _register() -> None:
     app.command("bake-image")(bake_image.bake_image)
     app.add_typer(models.app, name="models")
     app.add_typer(keys.app, name="keys")
+    app.add_typer(logs.app, name="logs")
+    app.command("stats")(stats.stats)
 
 
 def main() -> None:

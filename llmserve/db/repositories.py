@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, SettingRecord, utcnow
@@ -109,3 +109,127 @@ def touch_api_keys(session: Session, last_used: Mapping[int, datetime]) -> None:
         session.execute(
             update(ApiKeyRecord).where(ApiKeyRecord.id == key_id).values(last_used_at=at)
         )
+
+
+# -- Request log: listing, usage statistics, retention (``llmserve logs`` and ``stats``) ----------
+
+#: Statuses counted as errors in usage statistics.
+ERROR_STATUSES = ("error", "timeout")
+
+
+def recent_request_logs(
+    session: Session,
+    *,
+    limit: int,
+    status: str | None = None,
+    since: datetime | None = None,
+    model: str | None = None,
+) -> list[tuple[RequestLogRecord, str | None]]:
+    """The newest rows first, each with its API key's name (None for rows without a key).
+
+    Ordered by ``created_at`` so that an index serves every filter (``created_at``,
+    ``(status, created_at)``, ``(model, created_at)``) and the scan stops after ``limit`` rows;
+    ``id`` only breaks ties.
+    """
+    log = RequestLogRecord
+    query = (
+        select(log, ApiKeyRecord.name)
+        .outerjoin(ApiKeyRecord, ApiKeyRecord.id == log.api_key_id)
+        .order_by(log.created_at.desc(), log.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(log.status == status)
+    if since is not None:
+        query = query.where(log.created_at >= since)
+    if model is not None:
+        query = query.where(log.model == model)
+    return [(record, name) for record, name in session.execute(query)]
+
+
+def request_log_stats(
+    session: Session, *, since: datetime, by: Literal["model", "key"]
+) -> list[dict[str, Any]]:
+    """Usage per model or per API key over the rows created at or after ``since``.
+
+    One dict per group: ``group`` (the model, or the key's name: None for rows without a key),
+    ``api_key_id`` (by key only), ``requests``, ``errors`` (status error or timeout),
+    ``cancelled``, ``rejected``, ``prompt_tokens``, ``completion_tokens`` and ``ttft_p50``,
+    ``ttft_p95``, ``duration_p50``, ``duration_p95`` in ms, taken over the ``ok`` rows (None when
+    the group has none). PostgreSQL computes everything in one statement (``percentile_cont``);
+    SQLite has no percentiles, so they are computed here from the window's ``ok`` rows, with the
+    same interpolation — fine at the embedded scale SQLite serves.
+    """
+    log = RequestLogRecord
+    ok = log.status == "ok"
+    if by == "model":
+        keys: list[Any] = [log.model.label("group")]
+        group_by: list[Any] = [log.model]
+    else:
+        keys = [log.api_key_id.label("api_key_id"), ApiKeyRecord.name.label("group")]
+        group_by = [log.api_key_id, ApiKeyRecord.name]
+    columns: list[Any] = [
+        func.count().label("requests"),
+        func.count().filter(log.status.in_(ERROR_STATUSES)).label("errors"),
+        func.count().filter(log.status == "cancelled").label("cancelled"),
+        func.count().filter(log.status == "rejected").label("rejected"),
+        func.coalesce(func.sum(log.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(log.completion_tokens), 0).label("completion_tokens"),
+    ]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        for name, column in (("ttft", log.ttft_ms), ("duration", log.duration_ms)):
+            for percent in (50, 95):
+                percentile = func.percentile_cont(percent / 100).within_group(column).filter(ok)
+                columns.append(percentile.label(f"{name}_p{percent}"))
+    query = select(*keys, *columns).select_from(log).where(log.created_at >= since)
+    if by == "key":
+        query = query.outerjoin(ApiKeyRecord, ApiKeyRecord.id == log.api_key_id)
+    rows = [dict(row._mapping) for row in session.execute(query.group_by(*group_by))]
+    if not postgres:
+        _add_percentiles(session, rows, since=since, by=by)
+    return rows
+
+
+def _add_percentiles(
+    session: Session, rows: list[dict[str, Any]], *, since: datetime, by: str
+) -> None:
+    log = RequestLogRecord
+    group, ident = (log.model, "group") if by == "model" else (log.api_key_id, "api_key_id")
+    values: dict[Any, tuple[list[float], list[float]]] = {}
+    query = select(group, log.ttft_ms, log.duration_ms).where(
+        log.created_at >= since, log.status == "ok"
+    )
+    for key, ttft, duration in session.execute(query):
+        ttfts, durations = values.setdefault(key, ([], []))
+        if ttft is not None:
+            ttfts.append(ttft)
+        durations.append(duration)
+    for row in rows:
+        ttfts, durations = values.get(row[ident], ([], []))
+        for name, series in (("ttft", ttfts), ("duration", durations)):
+            series.sort()
+            row[f"{name}_p50"] = percentile_cont(series, 0.5)
+            row[f"{name}_p95"] = percentile_cont(series, 0.95)
+
+
+def percentile_cont(ordered: list[float], fraction: float) -> float | None:
+    """PostgreSQL's ``percentile_cont`` over already sorted values: linear interpolation."""
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * fraction
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def count_request_logs_before(session: Session, cutoff: datetime) -> int:
+    query = select(func.count()).select_from(RequestLogRecord)
+    return session.scalar(query.where(RequestLogRecord.created_at < cutoff)) or 0
+
+
+def delete_request_logs_before(session: Session, cutoff: datetime) -> int:
+    """Delete the rows created before ``cutoff``; return how many went."""
+    statement = delete(RequestLogRecord).where(RequestLogRecord.created_at < cutoff)
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]

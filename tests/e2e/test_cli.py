@@ -54,6 +54,9 @@ COMMANDS = [
     *(["models", sub] for sub in ("list", "active", "switch", "delete", "pull")),
     ["keys"],
     *(["keys", sub] for sub in ("create", "list", "revoke")),
+    ["logs"],
+    ["logs", "prune"],
+    ["stats"],
 ]
 
 

@@ -1,0 +1,169 @@
+"""Reading the request log (SPEC §5): the latest rows, usage statistics, and retention.
+
+``llmserve logs`` and ``llmserve stats`` call :class:`UsageService`; the server prunes once an
+hour with :func:`prune_request_log` and :func:`retention_period`. Windows are relative to now
+(UTC). Latency percentiles are taken over ``ok`` rows only: a rejected request's 0 ms or a
+cancelled stream's cut-short duration says nothing about how fast generations are; failures
+show in the error, cancelled and rejected counts instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal, cast
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmserve import errors
+from llmserve.db import repositories
+from llmserve.db.tables import RequestLogRecord
+
+if TYPE_CHECKING:
+    from llmserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "error", "cancelled", "timeout", "rejected")
+GROUPINGS = ("model", "key")
+MAX_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One request-log row, with the name of the API key it used (None without a key)."""
+
+    id: int
+    created_at: datetime
+    request_id: str | None
+    route: str
+    model: str
+    key: str | None
+    api_key_id: int | None
+    status: str
+    prompt_tokens: int | None
+    completion_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+    error: str | None
+    prompt: str | None
+    response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageStats:
+    """Usage of one model or one key over a window. Latencies in ms, over ``ok`` rows."""
+
+    group: str | None  # the model, or the key's name (None: requests without a key)
+    requests: int
+    errors: int  # status error or timeout
+    cancelled: int
+    rejected: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_p50: float | None
+    ttft_p95: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    api_key_id: int | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+class UsageService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sessions = sessions
+        self._now = now
+
+    def latest(
+        self,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        since: timedelta | None = None,
+        model: str | None = None,
+    ) -> list[LogEntry]:
+        """The newest ``limit`` rows first, optionally only one status, window or model."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise errors.InvalidRequestError(f"the limit must be between 1 and {MAX_LIMIT}")
+        if status is not None and status not in STATUSES:
+            raise errors.InvalidRequestError(
+                f"unknown status {status!r}: use one of {', '.join(STATUSES)}"
+            )
+        start = self._now() - since if since is not None else None
+        with self._sessions() as session:
+            rows = repositories.recent_request_logs(
+                session, limit=limit, status=status, since=start, model=model
+            )
+            return [_entry(record, key) for record, key in rows]
+
+    def stats(self, *, since: timedelta, by: str = "model") -> list[UsageStats]:
+        """Usage per model or per key over the last ``since``, busiest first."""
+        if by not in GROUPINGS:
+            raise errors.InvalidRequestError(f"unknown grouping {by!r}: use model or key")
+        grouping = cast(Literal["model", "key"], by)
+        with self._sessions() as session:
+            rows = repositories.request_log_stats(session, since=self._now() - since, by=grouping)
+        found = [UsageStats(**row) for row in rows]
+        return sorted(found, key=lambda s: (-s.requests, s.group or ""))
+
+    def count_older_than(self, older_than: timedelta) -> int:
+        with self._sessions() as session:
+            return repositories.count_request_logs_before(session, self._cutoff(older_than))
+
+    def prune(self, older_than: timedelta) -> int:
+        """Delete the rows older than ``older_than``; return how many were deleted."""
+        cutoff = self._cutoff(older_than)
+        with self._sessions.begin() as session:
+            deleted = repositories.delete_request_logs_before(session, cutoff)
+        log.info("request log: deleted %d rows created before %s", deleted, cutoff.isoformat())
+        return deleted
+
+    def _cutoff(self, older_than: timedelta) -> datetime:
+        if older_than <= timedelta(0):
+            raise errors.InvalidRequestError("the age to prune must be positive")
+        return self._now() - older_than
+
+
+def retention_period(settings: Settings) -> timedelta | None:
+    """How long request-log rows are kept (``REQUEST_LOG_RETENTION_DAYS``); None: forever."""
+    days = settings.REQUEST_LOG_RETENTION_DAYS
+    return timedelta(days=days) if days > 0 else None
+
+
+def prune_request_log(sessions: sessionmaker[Session], older_than: timedelta) -> int:
+    """Delete request-log rows older than ``older_than`` (for the server's hourly prune)."""
+    return UsageService(sessions).prune(older_than)
+
+
+def _entry(record: RequestLogRecord, key: str | None) -> LogEntry:
+    return LogEntry(
+        id=record.id,
+        created_at=_aware(record.created_at),
+        request_id=record.request_id,
+        route=record.route,
+        model=record.model,
+        key=key,
+        api_key_id=record.api_key_id,
+        status=record.status,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        ttft_ms=record.ttft_ms,
+        duration_ms=record.duration_ms,
+        error=record.error,
+        prompt=record.prompt,
+        response=record.response,
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were stored as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
