@@ -23,6 +23,7 @@ from llmserve.backends._embedded_engine import (
     prefill,
     sample_tokens,
 )
+from llmserve.backends.base import PrefetchingStream
 from llmserve.domain import GenerationRequest, GenerationResult, Usage
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class GenerationJob:
             self.cancelled.set()
 
 
-class EmbeddedStream:
+class EmbeddedStream(PrefetchingStream):
     """The service's side of one generation (see ``backends/base.py``)."""
 
     def __init__(
@@ -160,7 +161,6 @@ class EmbeddedStream:
         self._job = job
         self._queue = queue
         self._done = done
-        self._first: str | None = None
         self._finished = False
         self.result: GenerationResult | None = None
         self.tokens_received = 0
@@ -169,22 +169,6 @@ class EmbeddedStream:
     def worker_done(self) -> bool:
         """True once the worker thread has left this generation."""
         return self._done.done()
-
-    async def prefetch(self) -> None:
-        """Wait for the first fragment (or the end, or a failure) so errors surface first."""
-        async for piece in self._pieces():
-            self._first = piece
-            return
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for piece in self._pieces():
-            yield piece
 
     async def _pieces(self) -> AsyncIterator[str]:
         queue = self._queue

@@ -18,12 +18,13 @@ from typing import Any
 import httpx
 
 from llmserve import errors
+from llmserve.backends.base import PrefetchingStream
 from llmserve.domain import GenerationResult, Usage
 
 _WHERE = "the OpenAI-compatible server"
 
 
-class OpenAIStream:
+class OpenAIStream(PrefetchingStream):
     """Text fragments of one streamed chat completion (see ``backends/base.py``)."""
 
     def __init__(
@@ -38,28 +39,11 @@ class OpenAIStream:
         self._where = f"{_WHERE} at {base_url}"
         self._first_token_deadline = first_token_deadline
         self._idle_timeout_s = idle_timeout_s
-        self._first: str | None = None
         self._finished = False
         self._finish_reason: str | None = None
         self._usage: Usage | None = None
         self.result: GenerationResult | None = None
         self.tokens_received = 0
-
-    async def prefetch(self) -> None:
-        """Read until the first non-empty fragment (or the end), so errors surface before bytes."""
-        async for piece in self._pieces():
-            self._first = piece
-            return
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for piece in self._pieces():
-            yield piece
 
     async def _pieces(self) -> AsyncIterator[str]:
         while not self._finished:

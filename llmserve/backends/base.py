@@ -30,6 +30,36 @@ class GenerationStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class PrefetchingStream:
+    """Base of the backends' streams: ``prefetch()`` pulls the first fragment early.
+
+    ``open_generation`` calls ``prefetch()`` so that failures before the first token surface
+    before the HTTP response starts; iteration then yields that fragment first. Subclasses
+    implement ``_pieces()``.
+    """
+
+    _first: str | None = None
+
+    async def prefetch(self) -> None:
+        """Read until the first non-empty fragment (or the end), so errors surface before bytes."""
+        async for piece in self._pieces():
+            self._first = piece
+            return
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for piece in self._pieces():
+            yield piece
+
+    def _pieces(self) -> AsyncIterator[str]:
+        raise NotImplementedError
+
+
 class Backend(Protocol):
     """An LLM engine. Implementations translate their own errors into llmserve errors."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from llmserve import errors
+from llmserve.backends.base import PrefetchingStream
 from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress, Usage
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class OllamaBackend:
         return errors.BackendError(f"Ollama answered {status}: {message}")
 
 
-class OllamaStream:
+class OllamaStream(PrefetchingStream):
     """Text fragments of one ``/api/generate`` NDJSON stream (see ``backends/base.py``)."""
 
     def __init__(self, response: httpx.Response, deadline: float) -> None:
@@ -194,26 +195,9 @@ class OllamaStream:
         self._raw = response.aiter_raw()
         self._deadline = deadline
         self._buffer = b""
-        self._first: str | None = None
         self._finished = False
         self.result: GenerationResult | None = None
         self.tokens_received = 0
-
-    async def prefetch(self) -> None:
-        """Read until the first non-empty fragment (or the end), so errors surface before bytes."""
-        async for piece in self._pieces():
-            self._first = piece
-            return
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for piece in self._pieces():
-            yield piece
 
     async def _pieces(self) -> AsyncIterator[str]:
         if self._finished:
