@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from llmserve import __version__
 from llmserve.api import errors
 from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
+from llmserve.api.drain import DrainBeforeShutdown
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
 from llmserve.api.routes import generate, health, models, openai
@@ -68,6 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used by ``llmserve serve``)."""
-    return create_app()
+def app_from_env() -> ASGIApp:
+    """Factory for ``uvicorn --factory`` (``llmserve serve``): drained before it shuts down."""
+    return DrainBeforeShutdown(create_app())

@@ -32,8 +32,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
+        # We are cancelled ourselves (e.g. at the end of the shutdown grace period): cancel the
+        # work and let it finish unwinding (close upstream, log its row) before we go.
         task.cancel()
         watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
         raise
     if task.done():
         watcher.cancel()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from llmserve import errors
@@ -55,4 +60,21 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, errors.LlmserveError)
         return error_response(exc)
 
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own 422 echoes the input, and JSON cannot carry NaN or Infinity (a body
+        # may contain them: Python's parser accepts them), so they are echoed as strings.
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
     app.add_exception_handler(errors.LlmserveError, handle)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -7,7 +7,9 @@
   ``data: {"detail", "code"}`` and no ``data: {}``;
 * while nothing has been sent for ``ping_interval`` seconds a ``: ping`` comment goes out;
 * when the client disconnects the sending task is cancelled at once and the generation is
-  closed (which closes the upstream request).
+  closed (which closes the upstream request);
+* when the server cancels the stream (the shutdown grace period ran out) the generation is
+  closed the same way and the stream ends with an ``error`` event, code ``shutting_down``.
 
 Per fragment the work is one ``json.dumps`` of the text and one ``send``.
 """
@@ -38,6 +40,9 @@ SSE_HEADERS = [
 ]
 PING = b": ping\n\n"
 END = b"data: {}\n\n"
+SHUTDOWN = (
+    b'event: error\ndata: {"detail":"the server is shutting down","code":"shutting_down"}\n\n'
+)
 
 
 def data_event(payload: Any) -> bytes:
@@ -107,6 +112,7 @@ class EventStream(Response):
 
         watcher = asyncio.create_task(watch_disconnect())
         pinger = asyncio.create_task(ping())
+        shut_down = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self._chunks:
@@ -115,10 +121,10 @@ class EventStream(Response):
             finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not client_left:
-                raise
-            # The client left: the generator's finally has closed the upstream request.
+            # The client left (the generator's finally has closed the upstream request), or the
+            # server cancelled us: the shutdown grace period ran out.
             sender.uncancel()
+            shut_down = not client_left
         except OSError:
             log.debug("client connection broke mid-stream")
         finally:
@@ -129,6 +135,11 @@ class EventStream(Response):
                 await asyncio.gather(watcher, pinger, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._chunks.aclose()  # type: ignore[attr-defined]
+        if shut_down:
+            # End the response properly, so the client reads why instead of a broken stream.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await send({"type": "http.response.body", "body": SHUTDOWN, "more_body": False})
 
 
 async def generation_events(generation: Generation) -> AsyncIterator[bytes]:

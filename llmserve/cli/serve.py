@@ -1,4 +1,9 @@
-"""``llmserve serve``: run the API under uvicorn."""
+"""``llmserve serve``: run the API under uvicorn.
+
+Shutdown (SIGTERM) is uvicorn's: stop accepting, wait up to ``SHUTDOWN_GRACE_S`` for running
+responses, cancel the rest; ``api/drain.py`` then holds the app's own shutdown until the
+cancelled requests have closed their upstream request and logged their row.
+"""
 
 from __future__ import annotations
 

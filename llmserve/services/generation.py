@@ -56,6 +56,14 @@ class GenerationService:
             )
         if not request.prompt.strip():
             raise errors.InvalidRequestError("the prompt is empty")
+        for text in (request.prompt, request.system or "", *request.options.stop):
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:  # JSON's "\ud800" decodes to a lone surrogate
+                    raise errors.InvalidRequestError(
+                        "the request contains text that is not valid Unicode (a lone surrogate)"
+                    ) from None
 
     async def start(
         self,
