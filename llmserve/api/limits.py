@@ -40,16 +40,18 @@ class BodyLimitMiddleware:
                 try:
                     length = int(value)
                 except ValueError:
-                    await _reject(send, 400, "invalid Content-Length header", "invalid_request")
+                    await _reject(
+                        scope, send, 400, "invalid Content-Length header", "invalid_request"
+                    )
                     return
                 if length > self.limit:
-                    await _too_large(send, self.limit)
+                    await _too_large(scope, send, self.limit)
                     return
             elif name == b"transfer-encoding":
                 chunked = True
         if header_bytes > MAX_HEADER_BYTES:
             detail = f"the request headers exceed {MAX_HEADER_BYTES} bytes"
-            await _reject(send, 431, detail, "headers_too_large")
+            await _reject(scope, send, 431, detail, "headers_too_large")
             return
         if chunked:
             await self._counted(scope, receive, send)
@@ -75,7 +77,7 @@ class BodyLimitMiddleware:
                 if seen > self.limit:
                     rejected = True
                     if not started:
-                        await _too_large(send, self.limit)
+                        await _too_large(scope, send, self.limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -90,12 +92,24 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, guarded_send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    await _reject(send, 413, f"the request body exceeds {limit} bytes", "body_too_large")
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    await _reject(scope, send, 413, f"the request body exceeds {limit} bytes", "body_too_large")
 
 
-async def _reject(send: Send, status: int, detail: str, code: str) -> None:
-    body = json.dumps({"detail": detail, "code": code}).encode()
+async def _reject(scope: Scope, send: Send, status: int, detail: str, code: str) -> None:
+    """A JSON error; in OpenAI's envelope on the OpenAI-compatible routes."""
+    if scope["path"].startswith("/v1/"):
+        payload: dict[str, object] = {
+            "error": {
+                "message": detail,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    else:
+        payload = {"detail": detail, "code": code}
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",

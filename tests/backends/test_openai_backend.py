@@ -272,6 +272,13 @@ def test_llmserve_in_front_of_an_openai_compatible_engine(server_url: str, tmp_p
         ) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
         assert len(lines) > 2 and lines[-1] == "data: {}"
+        chat = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            json={"model": ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+            timeout=60,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"].strip()
         pull = httpx.post(server.base_url + "/api/v1/models/pull", json={"name": "other"})
         assert pull.status_code == 501
         assert pull.json()["code"] == "not_supported"

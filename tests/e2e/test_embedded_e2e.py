@@ -143,3 +143,23 @@ def test_cli_generate_streams_real_text(embedded_env: dict[str, str], tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip()) > 5
+
+
+def test_the_openai_sdk_works_on_the_embedded_engine(server: ServerProcess) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+    active = httpx.get(server.base_url + "/api/v1/models/active").json()["model"]
+    reply = client.chat.completions.create(
+        model=active, messages=[{"role": "user", "content": PROMPT}], max_tokens=12
+    )
+    assert reply.choices[0].message.content.strip()
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(
+        model=active,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=12,
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.strip()

@@ -429,3 +429,13 @@ def test_with_auth_on_a_plain_key_generates_and_its_id_is_logged(
         assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).is_success
     (row,) = log_rows(db_url, 1)
     assert (row.route, row.api_key_id) == ("/v1/chat/completions", record.id)
+
+
+def test_an_oversized_body_is_413_in_openai_envelope(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post(
+        "/v1/chat/completions",
+        content=b"x" * 3_000_000,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
