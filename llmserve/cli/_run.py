@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors
 from llmserve.logging_setup import configure_logging
@@ -84,3 +85,28 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def stdout_console() -> Console:
     """Rich output for data on stdout; wide when piped, so tables are not wrapped at 80."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def with_database(
+    work: Callable[[sessionmaker[Session]], T], settings: Settings | None = None
+) -> T:
+    """Run ``work`` with sessions on the configured database (SQLite migrated on the way);
+    llmserve errors and an unreachable database become one red line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from llmserve.db import migrate
+    from llmserve.db.session import make_engine, make_sessions
+
+    settings = settings or settings_or_exit()
+    configure_logging("WARNING")
+    engine = make_engine(settings.DATABASE_URL)
+    try:
+        if settings.is_sqlite:
+            migrate.upgrade(settings.DATABASE_URL)
+        return work(make_sessions(engine))
+    except errors.LlmserveError as exc:
+        fail(exc.detail, exit_code_for(exc))
+    except SQLAlchemyError as exc:
+        fail(f"the database is unavailable ({exc.__class__.__name__}); run `llmserve migrate`?", 7)
+    finally:
+        engine.dispose()

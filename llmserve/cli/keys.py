@@ -11,18 +11,14 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from llmserve import errors
 from llmserve.cli._run import (
-    configure_logging,
-    exit_code_for,
     fail,
-    settings_or_exit,
     stdout_console,
+    with_database,
 )
 from llmserve.cli.models import cli_actor
-from llmserve.db.session import make_engine, make_sessions
 from llmserve.services.keys import KeyService, parse_duration
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -30,21 +26,7 @@ T = TypeVar("T")
 
 
 def _with_keys(work: Callable[[KeyService], T]) -> T:
-    settings = settings_or_exit()
-    configure_logging("WARNING")
-    engine = make_engine(settings.DATABASE_URL)
-    try:
-        if settings.is_sqlite:
-            from llmserve.db import migrate
-
-            migrate.upgrade(settings.DATABASE_URL)
-        return work(KeyService(make_sessions(engine)))
-    except errors.LlmserveError as exc:
-        fail(exc.detail, exit_code_for(exc))
-    except SQLAlchemyError as exc:
-        fail(f"the database is unavailable ({exc.__class__.__name__}); run `llmserve migrate`?", 7)
-    finally:
-        engine.dispose()
+    return with_database(lambda sessions: work(KeyService(sessions)))
 
 
 @app.command("create")

@@ -12,17 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
 from llmserve import errors
 from llmserve.cli._run import (
-    configure_logging,
-    exit_code_for,
     fail,
     settings_or_exit,
     stdout_console,
+    with_database,
 )
-from llmserve.db.session import make_engine, make_sessions
 from llmserve.services.keys import parse_duration
 from llmserve.services.usage import STATUSES, LogEntry, UsageService, retention_period
 from llmserve.settings import Settings
@@ -44,21 +41,7 @@ STATUS_STYLES = {
 
 def with_usage(work: Callable[[UsageService], T], settings: Settings | None = None) -> T:
     """Run ``work`` against the configured database; failures become one red line."""
-    settings = settings or settings_or_exit()
-    configure_logging("WARNING")
-    engine = make_engine(settings.DATABASE_URL)
-    try:
-        if settings.is_sqlite:
-            from llmserve.db import migrate
-
-            migrate.upgrade(settings.DATABASE_URL)
-        return work(UsageService(make_sessions(engine)))
-    except errors.LlmserveError as exc:
-        fail(exc.detail, exit_code_for(exc))
-    except SQLAlchemyError as exc:
-        fail(f"the database is unavailable ({exc.__class__.__name__}); run `llmserve migrate`?", 7)
-    finally:
-        engine.dispose()
+    return with_database(lambda sessions: work(UsageService(sessions)), settings)
 
 
 def duration_option(value: str, option: str) -> timedelta:

@@ -53,13 +53,13 @@ def test_a_revoked_key_stops_working_on_every_server_within_a_second(
         revoked = cli(["keys", "revoke", key[:13]], env, tmp_path)
         assert revoked.returncode == 0, revoked.stderr
         revoked_at = time.monotonic()
-        while True:
-            status = httpx.get(b.base_url + "/api/v1/models/active", headers=headers).status_code
-            if status == 401:
-                break
-            assert time.monotonic() - revoked_at < 1.0, "server B still accepts a revoked key"
+        pending = {a.base_url, b.base_url}
+        while pending:  # every server must refuse the key within a second of the revocation
+            for url in list(pending):
+                if httpx.get(url + "/api/v1/models/active", headers=headers).status_code == 401:
+                    pending.discard(url)
+            assert time.monotonic() - revoked_at < 1.0, f"{pending} still accept a revoked key"
             time.sleep(0.01)
-        assert httpx.get(a.base_url + "/api/v1/models/active", headers=headers).status_code == 401
         logs = a.log() + b.log()
 
     assert logs.strip(), "the servers logged nothing: the next assertion would prove nothing"
