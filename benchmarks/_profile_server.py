@@ -1,0 +1,101 @@
+"""Profile ``llmserve serve`` under load with cProfile (py-spy and pyinstrument are not installed).
+
+    .venv/bin/python benchmarks/_profile_server.py --stream --concurrency 64 --duration 10
+
+Same set-up as ``load.py`` (double process with 64 tokens, auth on, request logging on, throwaway
+PostgreSQL), but the server runs as ``python -m cProfile -o FILE -m llmserve serve``; after the
+load it is stopped with SIGTERM (uvicorn exits normally, so cProfile writes its file) and the top
+functions by own time and by cumulative time are printed. cProfile slows Python code ~1.5-2x, so
+read the shares, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import ADMIN_URL, benchmark_database, server_env, setup_logging
+from benchmarks.load import MODEL, LoadGen, create_key, double_process
+from tests._server import ServerProcess, _wait_healthy, free_port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--out", default="", help="keep the .prof file here")
+    args = parser.parse_args()
+    setup_logging()
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(benchmark_database("", ADMIN_URL))
+        key = create_key(url)
+        _, double_url = stack.enter_context(double_process(0.0))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        prof = Path(args.out) if args.out else tmp / "server.prof"
+        port = free_port()
+        env = server_env(
+            DATABASE_URL=url,
+            OLLAMA_BASE_URL=double_url,
+            BUILT_IN_OLLAMA_MODEL=MODEL,
+            AUTH_REQUIRED="true",
+            MAX_CONCURRENT_GENERATIONS="64",
+            MAX_QUEUED_GENERATIONS="256",
+            HOST_BIND_IP="127.0.0.1",
+        )
+        log_path = tmp / "server.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    str(prof),
+                    "-m",
+                    "llmserve",
+                    "serve",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                cwd=tmp,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        try:
+            _wait_healthy(server)
+            gen = LoadGen()
+            cmd = {
+                "url": server.base_url + "/api/v1/generate",
+                "headers": {"Authorization": f"Bearer {key}"},
+                "body": {"prompt": "hi", "stream": args.stream},
+                "stream": args.stream,
+                "concurrency": args.concurrency,
+            }
+            res = gen.run(**cmd, duration=args.duration)
+            gen.close()
+            print(
+                f"{res['requests']} requests, {res['errors']} errors, "
+                f"{res['requests'] / res['wall']:.1f} req/s under cProfile"
+            )
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        stats = pstats.Stats(str(prof))
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()

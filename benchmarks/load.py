@@ -1,0 +1,379 @@
+"""Load: the Ollama double directly versus through llmserve, side by side, alternating.
+
+Starts, each in its own process: the Ollama double (64-token answers, zero per-token delay), a
+second double with 20 ms per token, one ``llmserve serve`` per double (one uvicorn worker, auth on,
+request logging on, a throwaway PostgreSQL database) and a closed-loop load generator (asyncio +
+httpx, ``benchmarks/_loadgen.py``). For each scenario (non-stream / stream, concurrency 1, 16,
+64; stream at 16 with 20 ms per token) it alternates segments: direct, through llmserve, direct,
+... Then it runs the whole pass a second time to see whether the server's memory grows.
+
+    .venv/bin/python benchmarks/load.py            # full run, about 3-4 minutes
+    .venv/bin/python benchmarks/load.py --quick    # smoke run, a few seconds of load
+
+Server CPU is utime+stime of the ``llmserve serve`` process from ``/proc/<pid>/stat`` before and
+after each llmserve segment, divided by the segment's requests (and by 64 tokens per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (
+    ADMIN_URL,
+    benchmark_database,
+    count_request_logs,
+    load_average,
+    log,
+    percentile,
+    print_table,
+    server_env,
+    setup_logging,
+)
+from tests._server import ServerProcess, running_server
+
+MODEL = "llama3.2"
+TOKENS = 64
+HERE = Path(__file__).resolve().parent
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    stream: bool
+    concurrency: int
+    slow: bool = False  # the 20 ms/token double and its server
+
+
+SCENARIOS = [
+    Scenario("non-stream c=1", False, 1),
+    Scenario("non-stream c=16", False, 16),
+    Scenario("non-stream c=64", False, 64),
+    Scenario("stream c=1", True, 1),
+    Scenario("stream c=16", True, 16),
+    Scenario("stream c=64", True, 64),
+    Scenario("stream c=16, 20 ms/token", True, 16, slow=True),
+]
+
+
+@dataclass
+class Tally:
+    latency: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    requests: int = 0
+    errors: int = 0
+    wall: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0  # the process answering: llmserve, or the double when direct
+
+    def add(self, r: dict, server_cpu: float) -> None:
+        self.latency += r["latency"]
+        self.ttft += r["ttft"]
+        self.requests += r["requests"]
+        self.errors += r["errors"]
+        self.wall += r["wall"]
+        self.client_cpu += r["client_cpu"]
+        self.server_cpu += server_cpu
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.wall if self.wall else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+
+
+@contextlib.contextmanager
+def double_process(delay: float) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "_double_process.py"),
+            "--tokens",
+            str(TOKENS),
+            "--delay",
+            str(delay),
+            "--model",
+            MODEL,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"the double did not start (got {url!r})")
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class LoadGen:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_loadgen.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, **cmd: object) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator died")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def create_key(database_url: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmserve", "keys", "create", "bench"],
+        env=server_env(DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1].strip()
+
+
+def check_answers(direct: str, proxied: str, key: str) -> None:
+    """One stream and one non-stream request per side, checked: 64 tokens each."""
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=30) as c:
+        text = c.post(direct + "/api/generate", json={"model": MODEL, "prompt": "hi"}).text
+        got = sum(1 for line in text.splitlines() if '"done":false' in line.replace(" ", ""))
+        if got != TOKENS:
+            raise RuntimeError(f"direct stream: {got} tokens:\n{text[:500]}")
+        url = proxied + "/api/v1/generate"
+        r = c.post(url, json={"prompt": "hi", "stream": True}, headers=auth)
+        r.raise_for_status()
+        got = r.text.count('data: {"response":')
+        if got != TOKENS or not r.text.endswith("data: {}\n\n"):
+            raise RuntimeError(f"llmserve stream: {got} tokens:\n{r.text[:500]}")
+        body = {"model": MODEL, "prompt": "hi", "stream": False}
+        d = c.post(direct + "/api/generate", json=body).json()
+        p = c.post(url, json={"prompt": "hi", "stream": False}, headers=auth)
+        p.raise_for_status()
+        if d["response"] != " tok" * TOKENS or p.json().get("response") != " tok" * TOKENS:
+            raise RuntimeError(f"non-stream answers differ: {d!r} / {p.text[:300]}")
+
+
+def run_pass(
+    gen: LoadGen,
+    sides: dict[bool, dict[str, dict]],
+    results: dict[tuple[str, str], Tally],
+    rounds: int,
+    duration: float,
+    slow_duration: float,
+    warmup: float,
+) -> None:
+    for sc in SCENARIOS:
+        log.info("  %s", sc.name)
+        for r in range(rounds):
+            order = ("direct", "llmserve") if r % 2 == 0 else ("llmserve", "direct")
+            for side in order:
+                t = sides[sc.slow][side]
+                cmd = {
+                    "url": t["url"],
+                    "headers": t["headers"],
+                    "stream": sc.stream,
+                    "body": {**t["body"], "stream": sc.stream},
+                    "concurrency": sc.concurrency,
+                }
+                if r == 0 and warmup > 0:
+                    gen.run(**cmd, duration=warmup)
+                before = cpu_seconds(t["pid"])
+                res = gen.run(**cmd, duration=slow_duration if sc.slow else duration)
+                after = cpu_seconds(t["pid"])
+                if res["errors"]:
+                    log.warning(
+                        "    %s: %d errors, last %s", side, res["errors"], res.get("last_error")
+                    )
+                results[(sc.name, side)].add(res, after - before)
+
+
+def fmt_ms(values: list[float], p: float) -> float | str:
+    return percentile(values, p) if values else "-"
+
+
+def report(results: dict[tuple[str, str], Tally]) -> None:
+    rows = []
+    for sc in SCENARIOS:
+        d, s = results[(sc.name, "direct")], results[(sc.name, "llmserve")]
+        for side, t in (("direct", d), ("llmserve", s)):
+            per_req = t.server_cpu / t.requests * 1e6 if t.requests else 0.0
+            per_tok = per_req / TOKENS if sc.stream else "-"
+            client = t.client_cpu / t.wall * 100 if t.wall else 0.0
+            ratio = f"{t.rps / d.rps:.2f}" if side == "llmserve" and d.rps else ""
+            added = ""
+            if side == "llmserve" and sc.stream and d.ttft and t.ttft:
+                added = f"{statistics.median(t.ttft) - statistics.median(d.ttft):+.2f}"
+            rows.append(
+                (
+                    sc.name,
+                    side,
+                    t.requests,
+                    t.errors,
+                    t.rps,
+                    ratio,
+                    fmt_ms(t.latency, 50),
+                    fmt_ms(t.latency, 99),
+                    statistics.median(t.ttft) if t.ttft else "-",
+                    added,
+                    per_req,
+                    per_tok,
+                    client,
+                )
+            )
+    print_table(
+        (
+            "scenario",
+            "side",
+            "requests",
+            "errors",
+            "req/s",
+            "req/s ratio",
+            "p50 ms",
+            "p99 ms",
+            "TTFT p50 ms",
+            "added TTFT ms",
+            "server CPU µs/req",
+            "µs/token",
+            "client CPU %",
+        ),
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run with tiny counts")
+    parser.add_argument("--rounds", type=int, help="segments per side per scenario (default 2)")
+    parser.add_argument("--duration", type=float, help="seconds per segment (default 2.5)")
+    parser.add_argument("--slow-duration", type=float, help="seconds per 20 ms segment (default 5)")
+    parser.add_argument("--passes", type=int, help="identical passes (memory growth); default 2")
+    parser.add_argument("--database-url", default="", help="use this database instead")
+    parser.add_argument("--admin-url", default=ADMIN_URL, help="where to create the throwaway DB")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=64,
+        help="the servers' MAX_CONCURRENT_GENERATIONS (default 64)",
+    )
+    args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 2)
+    duration = args.duration or (0.1 if args.quick else 2.5)
+    slow_duration = args.slow_duration or (0.5 if args.quick else 5.0)
+    warmup = 0.0 if args.quick else 0.5
+    args.passes = args.passes or (1 if args.quick else 2)
+    setup_logging()
+    load_before = load_average()
+
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(benchmark_database(args.database_url, args.admin_url))
+        key = create_key(database_url)
+        fast_proc, fast_url = stack.enter_context(double_process(0.0))
+        slow_proc, slow_url = stack.enter_context(double_process(0.02))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        servers: dict[bool, ServerProcess] = {}
+        for slow, url in ((False, fast_url), (True, slow_url)):
+            env = server_env(
+                DATABASE_URL=database_url,
+                OLLAMA_BASE_URL=url,
+                BUILT_IN_OLLAMA_MODEL=MODEL,
+                AUTH_REQUIRED="true",
+                MAX_CONCURRENT_GENERATIONS=str(args.max_concurrent),
+                MAX_QUEUED_GENERATIONS="256",
+            )
+            servers[slow] = stack.enter_context(running_server(env, tmp))
+        for slow, url in ((False, fast_url), (True, slow_url)):
+            check_answers(url, servers[slow].base_url, key)
+        gen = LoadGen()
+        stack.callback(gen.close)
+        auth = {"Authorization": f"Bearer {key}"}
+        sides = {
+            slow: {
+                "direct": {
+                    "url": url + "/api/generate",
+                    "headers": {},
+                    "pid": proc.pid,
+                    "body": {"model": MODEL, "prompt": "hi"},
+                },
+                "llmserve": {
+                    "url": servers[slow].base_url + "/api/v1/generate",
+                    "headers": auth,
+                    "pid": servers[slow].process.pid,
+                    "body": {"prompt": "hi"},
+                },
+            }
+            for slow, url, proc in ((False, fast_url, fast_proc), (True, slow_url, slow_proc))
+        }
+        pid = servers[False].process.pid
+        rss = [rss_mb(pid)]
+        results: dict[tuple[str, str], Tally] = {
+            (sc.name, side): Tally() for sc in SCENARIOS for side in ("direct", "llmserve")
+        }
+        started = time.monotonic()
+        for n in range(args.passes):
+            log.info("pass %d of %d", n + 1, args.passes)
+            run_pass(gen, sides, results, rounds, duration, slow_duration, warmup)
+            time.sleep(0.5)  # let the request log flush
+            rss.append(rss_mb(pid))
+        load_after = load_average()
+        elapsed = time.monotonic() - started
+        for s in servers.values():
+            s.stop()
+        logged = count_request_logs(database_url)
+
+    print(
+        f"\nLoad, {args.passes} pass(es) x {rounds} segment(s) per side, {duration} s per segment "
+        f"({slow_duration} s at 20 ms/token), {elapsed:.0f} s of load; load average before "
+        f"{load_before}, after {load_after}; {os.cpu_count()} CPUs\n"
+    )
+    report(results)
+    print(
+        f"\nllmserve RSS (zero-delay server): started {rss[0]:.1f} MB, "
+        + ", ".join(f"after pass {i} {v:.1f} MB" for i, v in enumerate(rss[1:], 1))
+    )
+    total = sum(t.requests for (_, side), t in results.items() if side == "llmserve")
+    print(f"request-log rows in the database: {logged} (llmserve requests timed: {total})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Smoke run of the load benchmark: it starts, measures every scenario, and prints its table.
+
+Numbers are not checked (benchmarks never assert a speed); only that the harness works end to end.
+Needs PostgreSQL on 127.0.0.1:5432, like the other benchmarks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = [
+    "non-stream c=1",
+    "non-stream c=16",
+    "non-stream c=64",
+    "stream c=1",
+    "stream c=16",
+    "stream c=64",
+    "stream c=16, 20 ms/token",
+]
+
+
+def _postgres_up() -> bool:
+    try:
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
+def test_load_quick_prints_every_row() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+    assert [(c[0], c[1]) for c in cells] == [
+        (name, side) for name in SCENARIOS for side in ("direct", "llmserve")
+    ]
+    for c in cells:
+        assert int(c[2]) > 0, c  # requests
+        assert c[3] == "0", c  # errors
+    assert "llmserve RSS" in result.stdout
+    assert "request-log rows in the database" in result.stdout
