@@ -80,14 +80,14 @@ async def _unauthorized(send: Send, detail: str, *, openai: bool) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def current_principal(request: Request) -> Principal | None:
+async def current_principal(request: Request) -> Principal | None:
     """The authenticated key, or None when AUTH_REQUIRED=false."""
     return request.scope.get("state", {}).get("principal")
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Route dependency: with auth on, only admin keys pass (403 otherwise)."""
-    principal = current_principal(request)
+    principal = request.scope.get("state", {}).get("principal")
     if request.app.state.settings.AUTH_REQUIRED and (principal is None or not principal.admin):
         raise errors.PermissionDeniedError("this action needs an admin API key")
 

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the runtime and its services, taken from ``app.state``."""
+"""FastAPI dependencies: the runtime and its services, taken from ``app.state``.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop
+per request for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,19 @@ from llmserve.services.generation import GenerationService
 from llmserve.services.models import ModelService
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def get_generation(request: Request) -> GenerationService:
+async def get_generation(request: Request) -> GenerationService:
     return request.app.state.runtime.generation  # type: ignore[no-any-return]
 
 
-def get_models(request: Request) -> ModelService:
+async def get_models(request: Request) -> ModelService:
     return request.app.state.runtime.models  # type: ignore[no-any-return]
 
 
-def get_actor(request: Request) -> str:
+async def get_actor(request: Request) -> str:
     """Who is acting, for audit rows: the API key's name, or the client's address."""
     principal = request.scope.get("state", {}).get("principal")
     if principal is not None:

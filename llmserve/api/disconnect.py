@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -19,31 +18,32 @@ class ClientDisconnected(Exception):
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ClientDisconnected.
 
-    Cancelling the work runs its ``finally`` blocks, which close the upstream request.
+    The work runs in the calling task (no task of its own, which is cheaper); a small watcher
+    task cancels the caller when the disconnect arrives. Cancelling the work runs its
+    ``finally`` blocks, which close the upstream request. If the caller is cancelled by someone
+    else (e.g. at the end of the shutdown grace period), the work unwinds the same way and the
+    cancellation propagates.
     """
-    task = asyncio.ensure_future(work)
+    caller = asyncio.current_task()
+    assert caller is not None
     receive = request.receive
+    disconnected = False
 
-    async def wait_disconnect() -> None:
+    async def watch_disconnect() -> None:
+        nonlocal disconnected
         while (await receive())["type"] != "http.disconnect":
             pass
+        disconnected = True
+        caller.cancel()
 
-    watcher = asyncio.ensure_future(wait_disconnect())
+    watcher = asyncio.ensure_future(watch_disconnect())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        # We are cancelled ourselves (e.g. at the end of the shutdown grace period): cancel the
-        # work and let it finish unwinding (close upstream, log its row) before we go.
-        task.cancel()
-        watcher.cancel()
-        await asyncio.gather(task, watcher, return_exceptions=True)
+        if disconnected and caller.uncancel() == 0:
+            raise ClientDisconnected() from None
         raise
-    if task.done():
+    finally:
+        # Only reached with the caller running: the watcher cannot fire between the work's end
+        # and this line, so a finished work is never cancelled afterwards.
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientDisconnected()

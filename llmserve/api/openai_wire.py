@@ -20,7 +20,7 @@ Errors before the first byte use OpenAI's envelope with the status of the one er
 validation errors (422 elsewhere, 400 here, ``param`` naming the field) for the routes that use
 it, so the native routes keep their own formats.
 
-Per fragment the work is one ``json.dumps`` of the text and two concatenations: the constant
+Per fragment the work is one ``orjson.dumps`` of the text and two concatenations: the constant
 parts of a chunk are encoded once per stream.
 """
 
@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
+import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -249,7 +250,7 @@ class ChunkEncoder:
         return None
 
     def text(self, text: str) -> bytes:
-        return self._head + json.dumps(text).encode() + self._tail
+        return self._head + orjson.dumps(text) + self._tail
 
     def finish(self, reason: str) -> bytes:
         return _data(self._chunk(self._choice("", reason)))
@@ -287,9 +288,8 @@ async def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIt
         start = chunks.start()
         if start is not None:
             yield start
-        async for piece in generation:
-            if piece:
-                yield chunks.text(piece)
+        async for batch in generation.batches():
+            yield b"".join([chunks.text(piece) for piece in batch])
         yield chunks.finish(finish_reason(generation.result))
         if chunks.include_usage:
             result = generation.result or GenerationResult()

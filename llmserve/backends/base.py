@@ -27,34 +27,54 @@ class GenerationStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
+    def batches(self) -> AsyncIterator[list[str]]:
+        """The same fragments, grouped as they arrived (one list per upstream read)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 class PrefetchingStream:
-    """Base of the backends' streams: ``prefetch()`` pulls the first fragment early.
+    """Base of the backends' streams: ``prefetch()`` pulls the first output early.
 
     ``open_generation`` calls ``prefetch()`` so that failures before the first token surface
-    before the HTTP response starts; iteration then yields that fragment first. Subclasses
-    implement ``_pieces()``.
+    before the HTTP response starts; iteration then yields that output first. Subclasses
+    implement ``_batches()`` (lists of fragments that arrived together, so that a burst costs
+    one downstream write) or ``_pieces()`` (one fragment at a time).
     """
 
-    _first: str | None = None
+    _first: list[str] | None = None
+    _source: AsyncIterator[list[str]] | None = None
 
     async def prefetch(self) -> None:
-        """Read until the first non-empty fragment (or the end), so errors surface before bytes."""
-        async for piece in self._pieces():
-            self._first = piece
+        """Read until the first non-empty batch (or the end), so errors surface before bytes."""
+        source = self._source = self._batches()
+        async for batch in source:
+            self._first = batch
             return
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Fragments grouped as they arrived (every list non-empty)."""
         if self._first is not None:
             first, self._first = self._first, None
             yield first
+        source = self._source
+        if source is None:
+            source = self._source = self._batches()
+        async for batch in source:
+            yield batch
+
+    async def _batches(self) -> AsyncIterator[list[str]]:
         async for piece in self._pieces():
-            yield piece
+            yield [piece]
 
     def _pieces(self) -> AsyncIterator[str]:
         raise NotImplementedError

@@ -1,7 +1,9 @@
 """The Ollama backend: the only module that knows Ollama's wire format.
 
-One shared ``httpx.AsyncClient`` carries every call. Transport failures and Ollama's
-``{"error": …}`` bodies are translated here, once, into :mod:`llmserve.errors` types.
+Generations, the hot path, go through a lean keep-alive HTTP/1.1 pool (``_http1``); every
+other call (tags, pull, delete, warm-up) through the runtime's shared ``httpx.AsyncClient``.
+Transport failures and Ollama's ``{"error": …}`` bodies are translated here, once, into
+:mod:`llmserve.errors` types.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 
-from llmserve import errors
+from llmserve import __version__, errors
+from llmserve.backends import _http1
 from llmserve.backends.base import PrefetchingStream
 from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress, Usage
 
@@ -45,6 +49,11 @@ class OllamaBackend:
         self._first_token_timeout_s = first_token_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._total_timeout_s = total_timeout_s
+        self._pool = _http1.Http1Pool(
+            str(client.base_url),
+            connect_timeout=client.timeout.connect or 30.0,
+            user_agent=f"llmserve/{__version__}",
+        )
 
     @property
     def built_in_model(self) -> str:
@@ -66,18 +75,26 @@ class OllamaBackend:
         options = _options(request)
         if options:
             body["options"] = options
-        timeout = self._client.timeout.as_dict()
-        timeout["read"] = self._first_token_timeout_s
-        http_request = self._client.build_request(
-            "POST", "/api/generate", json=body, extensions={"timeout": timeout}
+        payload = orjson.dumps(body)
+        try:
+            response = await self._pool.post_json(
+                "/api/generate", payload, wait_s=self._first_token_timeout_s
+            )
+        except _http1.UpstreamError as exc:
+            raise translate_upstream_error(exc, self.base_url, started=False) from None
+        if response.status != 200:
+            try:
+                raw = await response.read(_MAX_ERROR_BODY, self._idle_timeout_s)
+            except _http1.UpstreamError:
+                raw = b""
+            finally:
+                await response.aclose()
+            raise self._error(response.status, raw, model)
+        stream = OllamaStream(
+            response,
+            idle_timeout_s=self._idle_timeout_s,
+            deadline=time.monotonic() + self._total_timeout_s,
         )
-        response = await self._send(http_request)
-        if response.status_code != 200:
-            raise await self._error_from(response, model)
-        # Headers arrive with the first chunk; from here on each read may wait at most the idle
-        # timeout. httpcore reads this dict when the body iteration starts (no per-chunk cost).
-        timeout["read"] = self._idle_timeout_s
-        stream = OllamaStream(response, deadline=time.monotonic() + self._total_timeout_s)
         try:
             await stream.prefetch()
         except BaseException:
@@ -157,7 +174,8 @@ class OllamaBackend:
         await response.aclose()
 
     async def aclose(self) -> None:
-        """Nothing to release: the runtime owns the shared client."""
+        """Close the generation connections (the runtime owns the shared httpx client)."""
+        self._pool.close()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -176,8 +194,11 @@ class OllamaBackend:
             raw = b""
         finally:
             await response.aclose()
-        message = _error_message(raw[:_MAX_ERROR_BODY]) or f"HTTP {response.status_code}"
-        status = response.status_code
+        return self._error(response.status_code, raw, model)
+
+    @staticmethod
+    def _error(status: int, raw: bytes, model: str | None) -> errors.LlmserveError:
+        message = _error_message(raw[:_MAX_ERROR_BODY]) or f"HTTP {status}"
         if status == 404 and model is not None:
             return errors.ModelNotFoundError(f"model '{model}' is not installed in Ollama")
         if status == 503:
@@ -188,53 +209,74 @@ class OllamaBackend:
 
 
 class OllamaStream(PrefetchingStream):
-    """Text fragments of one ``/api/generate`` NDJSON stream (see ``backends/base.py``)."""
+    """Text fragments of one ``/api/generate`` NDJSON stream (see ``backends/base.py``).
 
-    def __init__(self, response: httpx.Response, deadline: float) -> None:
+    Each wake-up takes every line that has arrived, so a burst of tokens is one batch.
+    """
+
+    def __init__(
+        self, response: _http1.Response, *, idle_timeout_s: float, deadline: float
+    ) -> None:
         self._response = response
-        self._raw = response.aiter_raw()
+        self._idle_timeout_s = idle_timeout_s
         self._deadline = deadline
         self._buffer = b""
         self._finished = False
         self.result: GenerationResult | None = None
         self.tokens_received = 0
 
-    async def _pieces(self) -> AsyncIterator[str]:
-        if self._finished:
-            return
-        raw = self._raw
-        loads = json.loads
-        while True:
+    async def _batches(self) -> AsyncIterator[list[str]]:
+        response = self._response
+        loads = orjson.loads  # its errors are ValueErrors too
+        while not self._finished:
             try:
-                chunk = await raw.__anext__()
-            except StopAsyncIteration:
-                break
-            except httpx.HTTPError as exc:
-                raise translate_transport_error(exc, "", started=True) from None
+                chunks = await response.chunks(self._idle_timeout_s)
+            except _http1.UpstreamError as exc:
+                raise translate_upstream_error(exc, "", started=True) from None
+            if not chunks:
+                raise errors.BackendStreamError(
+                    "Ollama closed the stream before the generation finished"
+                )
             if time.monotonic() > self._deadline:
                 raise errors.BackendTimeoutError("the generation exceeded REQUEST_TIMEOUT_S")
-            lines = (self._buffer + chunk).split(b"\n")
+            lines = b"".join([self._buffer, *chunks]).split(b"\n")
             self._buffer = lines.pop()
+            batch: list[str] = []
+            failure: errors.LlmserveError | None = None
             for line in lines:
                 if not line:
                     continue
                 try:
                     obj = loads(line)
                 except ValueError:
-                    raise errors.BackendStreamError("Ollama sent a malformed line") from None
+                    failure = errors.BackendStreamError("Ollama sent a malformed line")
+                    break
                 if "error" in obj:
-                    raise errors.BackendStreamError(f"Ollama failed mid-generation: {obj['error']}")
-                text = obj.get("response") or ""
+                    failure = errors.BackendStreamError(
+                        f"Ollama failed mid-generation: {obj['error']}"
+                    )
+                    break
+                text = obj.get("response")
+                if text:
+                    batch.append(text)
                 if obj.get("done"):
                     self._finish(obj)
-                    if text:
-                        self.tokens_received += 1
-                        yield text
-                    return
-                if text:
-                    self.tokens_received += 1
-                    yield text
-        raise errors.BackendStreamError("Ollama closed the stream before the generation finished")
+                    break
+            self.tokens_received += len(batch)
+            if self._finished:
+                await self._drain()
+            if batch:
+                yield batch  # the text before a failure still reaches the client
+            if failure is not None:
+                raise failure
+
+    async def _drain(self) -> None:
+        """Read the body's end so that the connection can go back to the pool (best effort)."""
+        try:
+            while await self._response.chunks(self._idle_timeout_s):
+                pass
+        except _http1.UpstreamError:
+            pass  # the answer is complete; a broken tail only costs the connection
 
     def _finish(self, obj: dict[str, Any]) -> None:
         self._finished = True
@@ -247,8 +289,23 @@ class OllamaStream(PrefetchingStream):
         )
 
     async def aclose(self) -> None:
-        # Closing the response closes the connection: this is what stops Ollama's work.
+        # Unless the body was read to its end, this aborts the connection: what stops Ollama.
         await self._response.aclose()
+
+
+def translate_upstream_error(
+    exc: _http1.UpstreamError, base_url: str, *, started: bool
+) -> Exception:
+    """``_http1`` errors as llmserve errors (the generation path's transport)."""
+    where = f" at {base_url}" if base_url else ""
+    if isinstance(exc, _http1.UpstreamConnectError):
+        return errors.BackendUnavailableError(f"cannot connect to Ollama{where}: {exc}")
+    if isinstance(exc, _http1.UpstreamTimeout):
+        phase = "the next token" if started else "the first token"
+        return errors.BackendTimeoutError(f"Ollama{where} timed out waiting for {phase}")
+    if started:
+        return errors.BackendStreamError(f"the connection to Ollama broke mid-stream: {exc}")
+    return errors.BackendError(f"the request to Ollama{where} failed: {exc}")
 
 
 def translate_transport_error(exc: httpx.HTTPError, base_url: str, *, started: bool) -> Exception:

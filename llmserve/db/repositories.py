@@ -35,7 +35,8 @@ def set_setting(session: Session, key: str, value: str) -> None:
 def insert_request_logs(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
     rows = list(rows)
     if rows:
-        session.execute(insert(RequestLogRecord), rows)
+        # Core insert (one multi-row INSERT), not the ORM's bulk path: this runs for every batch.
+        session.execute(insert(RequestLogRecord.__table__), rows)
 
 
 def latest_request_logs(session: Session, limit: int = 50) -> list[RequestLogRecord]:

@@ -103,8 +103,10 @@ class GenerationService:
         generation = await self.start(
             request, route=route, request_id=request_id, api_key_id=api_key_id, model=model
         )
+        parts: list[str] = []
         try:
-            parts = [piece async for piece in generation]
+            async for batch in generation.batches():
+                parts.extend(batch)
         finally:
             await generation.aclose()
         return "".join(parts), generation
@@ -164,13 +166,19 @@ class Generation:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str]:
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Text fragments grouped as they arrived, so a burst can be written at once."""
         assert self._stream is not None, "open() first"
         pieces = self._pieces
         try:
-            async for piece in self._stream:
+            async for batch in self._stream.batches():
                 if pieces is not None:
-                    pieces.append(piece)
-                yield piece
+                    pieces.extend(batch)
+                yield batch
         except BaseException as exc:
             self._fail(exc)
             raise
