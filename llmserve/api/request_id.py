@@ -6,8 +6,8 @@ written while serving the request and the request-log row of its generation carr
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +25,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         raw = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = raw.decode() if raw is not None and _SANE.match(raw) else uuid.uuid4().hex
+        request_id = raw.decode() if raw is not None and _SANE.match(raw) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, SettingRecord, utcnow
@@ -14,7 +14,7 @@ from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, Sett
 ACTIVE_MODEL_KEY = "active_model"
 
 
-def get_setting(session: Session, key: str) -> str | None:
+def get_setting(session: Session | Connection, key: str) -> str | None:
     return session.scalar(select(SettingRecord.value).where(SettingRecord.key == key))
 
 
@@ -33,10 +33,23 @@ def set_setting(session: Session, key: str, value: str) -> None:
 
 
 def insert_request_logs(session: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append request-log rows. On PostgreSQL one ``COPY`` per batch (the cheapest bulk path:
+    no statement per row; it bypasses the columns' defaults, so they are repeated here);
+    elsewhere a Core ``executemany``."""
     rows = list(rows)
-    if rows:
-        # Core insert (one multi-row INSERT), not the ORM's bulk path: this runs for every batch.
-        session.execute(insert(RequestLogRecord.__table__), rows)
+    if not rows:
+        return
+    table = RequestLogRecord.__table__
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    columns = [column.name for column in table.columns if not column.primary_key]
+    copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(copy_sql) as copy:
+        defaults = {"completion_tokens": 0, "created_at": utcnow()}
+        for row in rows:
+            copy.write_row([row.get(c, defaults.get(c)) for c in columns])
 
 
 def latest_request_logs(session: Session, limit: int = 50) -> list[RequestLogRecord]:
@@ -102,6 +115,21 @@ def api_key_by_name_or_prefix(session: Session, ident: str) -> ApiKeyRecord | No
 
 def all_api_keys(session: Session) -> list[ApiKeyRecord]:
     return list(session.scalars(select(ApiKeyRecord).order_by(ApiKeyRecord.id)))
+
+
+def api_key_rows(connection: Connection) -> list[Row[Any]]:
+    """Every key as plain rows (the server's cache; no ORM objects)."""
+    table = ApiKeyRecord.__table__
+    return list(connection.execute(select(table).order_by(table.c.id)))
+
+
+def api_keys_fingerprint(connection: Connection) -> tuple[int, int, int]:
+    """Changes whenever a key is created, deleted or revoked: (count, highest id, revoked)."""
+    table = ApiKeyRecord.__table__
+    row = connection.execute(
+        select(func.count(), func.coalesce(func.max(table.c.id), 0), func.count(table.c.revoked_at))
+    ).one()
+    return (int(row[0]), int(row[1]), int(row[2]))
 
 
 def touch_api_keys(session: Session, last_used: Mapping[int, datetime]) -> None:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -31,3 +38,42 @@ def make_engine(url: str) -> Engine:
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class HeldConnection:
+    """One autocommit connection kept open for a background poller.
+
+    A poll through a session pays a pool checkout, a pre-ping and a BEGIN/ROLLBACK around its
+    one SELECT: four round trips, ~2 ms of CPU, four times a second per server for the active
+    model and the keys. Held open, a poll is its one statement. On any error the connection is
+    dropped and the next poll opens a new one, so an outage costs nothing after recovery.
+    Thread-safe: polls may run on any worker thread, one at a time.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        with self._lock:
+            if self._connection is None:
+                connection = self._engine.connect()
+                self._connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                return work(self._connection)
+            except BaseException:
+                self._drop()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            with contextlib.suppress(Exception):
+                connection.close()

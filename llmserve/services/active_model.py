@@ -2,9 +2,9 @@
 
 Every replica and the CLI agree because the value lives in the ``settings`` table. Serving
 processes keep it in memory and refresh it in the background every ``refresh_s`` seconds (one
-single-row SELECT), so a switch made anywhere is honoured within about ``refresh_s`` and a
-generation never pays a database round trip to learn which model to use. When the database is
-unreachable the last known value keeps serving.
+single-row SELECT on a connection held open for it), so a switch made anywhere is honoured
+within about ``refresh_s`` and a generation never pays a database round trip to learn which
+model to use. When the database is unreachable the last known value keeps serving.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve.db import repositories
+from llmserve.db.session import HeldConnection
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class ActiveModelService:
         self, sessions: sessionmaker[Session], default_model: str, refresh_s: float = 0.5
     ) -> None:
         self._sessions = sessions
+        self._poll = HeldConnection(sessions.kw["bind"])
         self._default = default_model
         self._refresh_s = refresh_s
         self._current = default_model
@@ -60,6 +62,7 @@ class ActiveModelService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._poll.close()
 
     async def refresh(self) -> str:
         writes_before = self._local_writes
@@ -82,8 +85,9 @@ class ActiveModelService:
         return value
 
     def _read(self) -> str | None:
-        with self._sessions() as session:
-            return repositories.get_setting(session, repositories.ACTIVE_MODEL_KEY)
+        return self._poll.run(
+            lambda connection: repositories.get_setting(connection, repositories.ACTIVE_MODEL_KEY)
+        )
 
     async def _follow(self) -> None:
         while True:

@@ -1,12 +1,12 @@
 """API keys (SPEC §6): create, list, revoke, and authenticate without a database trip.
 
 A key is ``llms_`` + 43 URL-safe characters (32 random bytes). Only ``prefix`` (the first 13
-characters, shown in listings and accepted by ``revoke``), a random salt and
-``sha256(salt + key)`` are stored. Serving processes keep every key's prefix, hash and state in
-memory and reload them every ``refresh_s`` seconds, so a revocation anywhere stops the key on
-every server within about ``refresh_s``; an unknown prefix is looked up once in the database
-(at most 20 such look-ups a second, so a flood of made-up keys cannot hammer it), so a freshly
-created key works at once. ``last_used_at`` is collected in memory and
+characters, shown in listings and accepted by ``revoke``), a random salt and ``sha256(salt +
+key)`` are stored. Serving processes keep every key's prefix, hash and state in memory and check
+for changes every ``refresh_s`` seconds (one small query on a held connection), so a revocation
+anywhere stops the key on every server within about ``refresh_s``; an unknown prefix is looked
+up once in the database (at most 20 such look-ups a second, so a flood of made-up keys cannot
+hammer it), so a freshly created key works at once. ``last_used_at`` is collected in memory and
 written in batches by the reload, never per request.
 """
 
@@ -23,12 +23,15 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors
 from llmserve.db import repositories
+from llmserve.db.session import HeldConnection
 from llmserve.db.tables import ApiKeyRecord
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class KeyService:
     def __init__(self, sessions: sessionmaker[Session], refresh_s: float = 0.5) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
+        self._poll = HeldConnection(sessions.kw["bind"])
+        self._fingerprint: tuple[int, int, int] | None = None
         self._by_prefix: dict[str, _CachedKey] = {}
         self._used: dict[int, datetime] = {}
         self._lookups: collections.deque[float] = collections.deque()
@@ -149,6 +154,7 @@ class KeyService:
                 await self._task
             self._task = None
         await self.reload()  # writes the last batch of last_used_at
+        self._poll.close()
 
     async def authenticate(self, key: str | None) -> Principal:
         """The key's principal, or ``errors.AuthenticationError``. No database trip when cached."""
@@ -174,10 +180,13 @@ class KeyService:
         async with self._reload_lock:
             used, self._used = self._used, {}
             try:
-                self._by_prefix = await asyncio.to_thread(self._load, used)
+                loaded = await asyncio.to_thread(self._load, used)
             except SQLAlchemyError as exc:
                 self._used = {**used, **self._used}
                 log.warning("api keys: database unavailable, keeping the cached keys (%s)", exc)
+                return
+            if loaded is not None:
+                self._by_prefix = loaded
 
     def _may_look_up(self, per_second: int = 20) -> bool:
         now = time.monotonic()
@@ -202,11 +211,27 @@ class KeyService:
             self._by_prefix[prefix] = found
         return found
 
-    def _load(self, used: dict[int, datetime]) -> dict[str, _CachedKey]:
-        with self._sessions.begin() as session:
-            if used:
+    def _load(self, used: dict[int, datetime]) -> dict[str, _CachedKey] | None:
+        """Write the batched ``last_used_at``; the keys if any changed (else None).
+
+        Each poll is one cheap query on a held connection (a fingerprint of the table); the
+        keys themselves are read only when it changes.
+        """
+        if used:
+            with self._sessions.begin() as session:
                 repositories.touch_api_keys(session, used)
-            return {r.prefix: _cached(r) for r in repositories.all_api_keys(session)}
+
+        def read(connection: Connection) -> tuple[tuple[int, int, int], list[Any]] | None:
+            fingerprint = repositories.api_keys_fingerprint(connection)
+            if fingerprint == self._fingerprint:
+                return None
+            return fingerprint, repositories.api_key_rows(connection)
+
+        changed = self._poll.run(read)
+        if changed is None:
+            return None
+        self._fingerprint = changed[0]
+        return {row.prefix: _cached(row) for row in changed[1]}
 
     async def _follow(self) -> None:
         while True:
@@ -214,7 +239,8 @@ class KeyService:
             await self.reload()
 
 
-def _cached(record: ApiKeyRecord) -> _CachedKey:
+def _cached(record: ApiKeyRecord | Any) -> _CachedKey:
+    """From an ORM record or a plain row of the same table."""
     return _CachedKey(
         principal=Principal(record.id, record.name, record.is_admin),
         salt=bytes.fromhex(record.salt),

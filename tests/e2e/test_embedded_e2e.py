@@ -91,10 +91,10 @@ def test_streamed_generation_returns_real_text(server: ServerProcess) -> None:
 def test_disconnect_mid_stream_stops_the_engine_within_a_second(
     server: ServerProcess, embedded_env: dict[str, str]
 ) -> None:
-    before = len(_rows(embedded_env["DATABASE_URL"]))
     body = {"prompt": "Tell me a long story about the sea.", "stream": True}
     body["options"] = {"max_tokens": 2000}
     with httpx.stream("POST", server.base_url + URL, json=body, timeout=120) as response:
+        request_id = response.headers["x-request-id"]  # rows of earlier tests may land later
         received = 0
         for line in response.iter_lines():
             received += line.startswith("data: ")
@@ -103,7 +103,7 @@ def test_disconnect_mid_stream_stops_the_engine_within_a_second(
     left_at = time.monotonic()
     deadline = left_at + 5
     while time.monotonic() < deadline:
-        rows = _rows(embedded_env["DATABASE_URL"])[before:]
+        rows = [r for r in _rows(embedded_env["DATABASE_URL"]) if r.request_id == request_id]
         if rows:
             break
         time.sleep(0.02)
