@@ -13,7 +13,7 @@ does) or scrape each worker's port if you need exact totals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -116,11 +116,11 @@ class HttpMetricsMiddleware:
             return
         status = 500
 
-        async def capture(message: Message) -> None:
-            nonlocal status
+        def capture(message: Message) -> Awaitable[None]:
+            nonlocal status  # a plain function: no coroutine of its own per message
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, capture)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,10 +30,12 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain function returning send's awaitable: no coroutine of its own per message
+            # (an SSE stream sends one message per token).
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
+            return send(message)
 
         token = request_id_var.set(request_id)
         try:

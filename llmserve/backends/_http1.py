@@ -58,6 +58,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
@@ -140,19 +142,42 @@ class _Connection(asyncio.Protocol):
     async def wait(self, wait_s: float) -> None:
         """Wait until something happens (data, end, error) or ``wait_s`` seconds pass.
 
-        A plain timer: cheaper than ``asyncio.timeout`` on this per-token path.
+        One lazily re-armed timer per connection instead of a timer per wait (per token): each
+        wait only moves the deadline; when the timer fires early it re-arms for the rest.
         """
         loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + wait_s
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(wait_s, _expire, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait arms a new timer
+        loop = waiter.get_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+        else:
+            waiter.set_exception(UpstreamTimeout("timed out"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def idle(self) -> None:
+        """Back in the pool: no timer runs for an idle connection."""
+        self._stop_timer()
 
     def abort(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -166,11 +191,6 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("timed out"))
 
 
 class Response:
@@ -217,6 +237,7 @@ class Response:
         conn = self._conn
         if conn.complete and conn.keep_alive and conn.error is None and not conn.closed:
             conn.take()
+            conn.idle()
             self._pool.put_back(conn)
         else:
             conn.abort()

@@ -14,7 +14,7 @@ Contract for generation, which keeps "validate before you stream" possible:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, runtime_checkable
 
 from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress
@@ -61,16 +61,13 @@ class PrefetchingStream:
             for piece in batch:
                 yield piece
 
-    async def batches(self) -> AsyncIterator[list[str]]:
+    def batches(self) -> AsyncIterator[list[str]]:
         """Fragments grouped as they arrived (every list non-empty)."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
         source = self._source
         if source is None:
             source = self._source = self._batches()
-        async for batch in source:
-            yield batch
+        first, self._first = self._first, None
+        return _FirstThen(first, source)
 
     async def _batches(self) -> AsyncIterator[list[str]]:
         async for piece in self._pieces():
@@ -78,6 +75,30 @@ class PrefetchingStream:
 
     def _pieces(self) -> AsyncIterator[str]:
         raise NotImplementedError
+
+
+class _FirstThen:
+    """``first`` (if any), then everything ``source`` yields; no generator frame in between."""
+
+    __slots__ = ("_first", "_source")
+
+    def __init__(self, first: list[str] | None, source: AsyncIterator[list[str]]) -> None:
+        self._first = first
+        self._source = source
+
+    def __aiter__(self) -> _FirstThen:
+        return self
+
+    def __anext__(self) -> Awaitable[list[str]]:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return _ready(first)
+        return self._source.__anext__()
+
+
+async def _ready(value: list[str]) -> list[str]:
+    return value
 
 
 class Backend(Protocol):
