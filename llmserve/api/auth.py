@@ -80,9 +80,14 @@ async def _unauthorized(send: Send, detail: str, *, openai: bool) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def current_principal(request: Request) -> Principal | None:
+def principal_of(request: Request) -> Principal | None:
     """The authenticated key, or None when AUTH_REQUIRED=false."""
     return request.scope.get("state", {}).get("principal")
+
+
+async def current_principal(request: Request) -> Principal | None:
+    """Route dependency: :func:`principal_of`."""
+    return principal_of(request)
 
 
 async def require_admin(request: Request) -> None:

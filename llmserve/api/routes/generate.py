@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from llmserve.api.auth import PrincipalDep
-from llmserve.api.deps import GenerationDep
+from llmserve.api.auth import principal_of
+from llmserve.api.deps import runtime_of
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse, Usage
 from llmserve.api.sse import EventStream, generation_events
@@ -32,10 +32,11 @@ _errors = {status: {"model": ErrorResponse} for status in (401, 404, 413, 429, 5
         **_errors,
     },
 )
-async def generate(
-    body: GenerateRequest, request: Request, service: GenerationDep, principal: PrincipalDep
-) -> Response:
+async def generate(body: GenerateRequest, request: Request) -> Response:
     """Generate text with the active model; `stream: true` answers with Server-Sent Events."""
+    runtime = runtime_of(request)
+    service = runtime.generation
+    principal = principal_of(request)
     domain = body.to_domain()
     service.check(domain)
     key_id = principal.key_id if principal is not None else None
@@ -53,7 +54,7 @@ async def generate(
     if body.stream:
         return EventStream(
             generation_events(generation),
-            ping_interval=request.app.state.runtime.settings.SSE_PING_INTERVAL_S,
+            ping_interval=runtime.settings.SSE_PING_INTERVAL_S,
         )
     result = generation.result
     assert result is not None

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from llmserve import errors
-from llmserve.api.auth import PrincipalDep
-from llmserve.api.deps import GenerationDep, ModelsDep
+from llmserve.api.auth import principal_of
+from llmserve.api.deps import ModelsDep, runtime_of
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.openai_schemas import (
     ChatCompletion,
@@ -40,9 +40,8 @@ from llmserve.api.openai_wire import (
 from llmserve.api.sse import EventStream
 from llmserve.domain import GenerationRequest, ModelInfo
 from llmserve.services.chat import chat_to_request
-from llmserve.services.generation import Generation, GenerationService
-from llmserve.services.keys import Principal
-from llmserve.services.models import ModelService, find_installed
+from llmserve.services.generation import Generation
+from llmserve.services.models import find_installed
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
@@ -98,31 +97,19 @@ COMPLETIONS = _Face("/v1/completions", CompletionChunks, text_completion)
     response_model=ChatCompletion,
     responses={200: _stream_doc, **_GENERATION_ERRORS},
 )
-async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    service: GenerationDep,
-    models: ModelsDep,
-    principal: PrincipalDep,
-) -> Response:
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """A chat completion; the conversation is rendered into one prompt and system prompt."""
     domain = chat_to_request(body.chat_messages(), body.generation_options())
-    return await _generate(CHAT, body, domain, request, service, models, principal)
+    return await _generate(CHAT, body, domain, request)
 
 
 @router.post(
     "/completions", response_model=Completion, responses={200: _stream_doc, **_GENERATION_ERRORS}
 )
-async def completions(
-    body: CompletionRequest,
-    request: Request,
-    service: GenerationDep,
-    models: ModelsDep,
-    principal: PrincipalDep,
-) -> Response:
+async def completions(body: CompletionRequest, request: Request) -> Response:
     """A text completion of `prompt` (a single string)."""
     domain = GenerationRequest(prompt=body.prompt, options=body.options())
-    return await _generate(COMPLETIONS, body, domain, request, service, models, principal)
+    return await _generate(COMPLETIONS, body, domain, request)
 
 
 async def _generate(
@@ -130,12 +117,13 @@ async def _generate(
     body: CompletionParams,
     domain: GenerationRequest,
     request: Request,
-    service: GenerationService,
-    models: ModelService,
-    principal: Principal | None,
 ) -> Response:
+    # The runtime is read here rather than injected: see ``deps.runtime_of``.
+    runtime = runtime_of(request)
+    service = runtime.generation
+    principal = principal_of(request)
     service.check(domain)
-    model = await models.resolve(body.model)
+    model = await runtime.models.resolve(body.model)
     key_id = principal.key_id if principal is not None else None
     try:
         if body.stream:
@@ -153,6 +141,6 @@ async def _generate(
         chunks = face.chunks.for_generation(generation, include_usage=body.include_usage)
         return EventStream(
             openai_events(generation, chunks),
-            ping_interval=request.app.state.runtime.settings.SSE_PING_INTERVAL_S,
+            ping_interval=runtime.settings.SSE_PING_INTERVAL_S,
         )
     return Response(face.whole(text, generation).model_dump_json(), media_type="application/json")
