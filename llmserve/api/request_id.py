@@ -6,9 +6,9 @@ written while serving the request and the request-log row of its generation carr
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Awaitable
+from random import getrandbits  # ids need to be unique, not secret: no syscall
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +26,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         raw = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        request_id = raw.decode() if raw is not None and _SANE.match(raw) else os.urandom(16).hex()
+        request_id = (
+            raw.decode() if raw is not None and _SANE.match(raw) else f"{getrandbits(128):032x}"
+        )
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 

@@ -227,7 +227,6 @@ class OllamaStream(PrefetchingStream):
 
     async def _batches(self) -> AsyncIterator[list[str]]:
         response = self._response
-        loads = orjson.loads  # its errors are ValueErrors too
         while not self._finished:
             try:
                 chunks = await response.chunks(self._idle_timeout_s)
@@ -241,16 +240,9 @@ class OllamaStream(PrefetchingStream):
                 raise errors.BackendTimeoutError("the generation exceeded REQUEST_TIMEOUT_S")
             lines = b"".join([self._buffer, *chunks]).split(b"\n")
             self._buffer = lines.pop()
+            objects, failure = _parse_lines(lines)
             batch: list[str] = []
-            failure: errors.LlmserveError | None = None
-            for line in lines:
-                if not line:
-                    continue
-                try:
-                    obj = loads(line)
-                except ValueError:
-                    failure = errors.BackendStreamError("Ollama sent a malformed line")
-                    break
+            for obj in objects:
                 if "error" in obj:
                     failure = errors.BackendStreamError(
                         f"Ollama failed mid-generation: {obj['error']}"
@@ -267,7 +259,7 @@ class OllamaStream(PrefetchingStream):
                 await self._drain()
             if batch:
                 yield batch  # the text before a failure still reaches the client
-            if failure is not None:
+            if failure is not None and not self._finished:
                 raise failure
 
     async def _drain(self) -> None:
@@ -291,6 +283,32 @@ class OllamaStream(PrefetchingStream):
     async def aclose(self) -> None:
         # Unless the body was read to its end, this aborts the connection: what stops Ollama.
         await self._response.aclose()
+
+
+def _parse_lines(lines: list[bytes]) -> tuple[list[dict[str, Any]], errors.LlmserveError | None]:
+    """The NDJSON objects of one read, parsed in one call (a burst of 64 tokens is one parse).
+
+    On a malformed line, the objects before it and the error: the text before it still counts.
+    """
+    lines = [line for line in lines if line]
+    if not lines:
+        return [], None
+    try:
+        parsed = orjson.loads(b"[" + b",".join(lines) + b"]")
+        if all(type(obj) is dict for obj in parsed):
+            return parsed, None
+    except ValueError:
+        pass
+    objects: list[dict[str, Any]] = []
+    for line in lines:  # find the bad line
+        try:
+            obj = orjson.loads(line)
+        except ValueError:
+            obj = None
+        if type(obj) is not dict:
+            return objects, errors.BackendStreamError("Ollama sent a malformed line")
+        objects.append(obj)
+    return objects, None
 
 
 def translate_upstream_error(
