@@ -1,4 +1,4 @@
-"""The load generator, in its own process: closed-loop asyncio + httpx clients.
+"""The load generator, in its own process: closed-loop clients on a minimal HTTP/1.1 client.
 
 Reads one JSON command per line on stdin and answers one JSON line on stdout:
 
@@ -7,9 +7,16 @@ Reads one JSON command per line on stdin and answers one JSON line on stdout:
 
 ``concurrency`` workers each send requests back to back over their own keep-alive connection
 until ``duration`` seconds have passed (requests in flight then are completed and counted). The
-answer has per-request latency and time to first token (first body chunk carrying a token) in
-ms, errors, wall time and this process's own CPU seconds. (The answers' token count is checked
-once per side by the caller, not here, to keep the client's per-request work small.)
+answer has per-request latency and time to first token (first body bytes carrying a token:
+``"response"``, as in Ollama's NDJSON lines and llmserve's ``data: {"response": ...}`` events) in
+ms, errors (a status other than 200, a broken connection, no answer within 60 s), wall time and
+this process's own CPU seconds. (The answers' token count is checked once per side by the caller,
+not here, to keep the client's per-request work small.)
+
+The client is deliberately lean so that it does not limit the measurement: one
+``asyncio.Protocol`` per connection (uvloop if importable) with httptools' C response parser; the
+request bytes are encoded once per command; per response it keeps only the status, the two
+timestamps and, for an error, the first 300 bytes of the body.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import asyncio
 import json
 import sys
 import time
+from urllib.parse import urlsplit
 
-import httpx
+import httptools
 
 try:
     import uvloop
@@ -27,48 +35,149 @@ except ImportError:  # pragma: no cover
     uvloop = None
 
 MARK = b'"response"'
+TIMEOUT = 60.0  # seconds for one whole request
+perf_counter = time.perf_counter
 
 
-async def one(client: httpx.AsyncClient, cmd: dict, out: dict) -> None:
-    started = time.perf_counter()
-    first: float | None = None
-    body = bytearray()
-    async with client.stream("POST", cmd["url"], json=cmd["body"], headers=cmd["headers"]) as r:
-        async for chunk in r.aiter_raw():
-            if first is None and MARK in chunk:
-                first = time.perf_counter()
-            body += chunk
-        status = r.status_code
-    done = time.perf_counter()
-    if status != 200:
-        out["errors"] += 1
-        out["last_error"] = f"{status}: {bytes(body[:300])!r}"
-        return
-    out["latency"].append((done - started) * 1000.0)
-    if cmd["stream"] and first is not None:
-        out["ttft"].append((first - started) * 1000.0)
-    out["requests"] += 1
+class Broken(Exception):
+    """The connection broke (or timed out) before the response was complete."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.status = 0
+        self.first = 0.0  # when the first body bytes with MARK arrived; 0: not yet
+        self.tail = b""  # the last bytes of the body so far, for a MARK split across reads
+        self.error_body = bytearray()
+        self.keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(Broken(f"bad response: {exc!r}"))
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.fail(Broken(f"connection closed: {exc!r}"))
+
+    def fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.first:
+            if MARK in body or MARK in self.tail + body[: len(MARK)]:
+                self.first = perf_counter()
+            else:
+                self.tail = body[-len(MARK) :]
+        if self.status != 200 and len(self.error_body) < 300:
+            self.error_body += body[:300]
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def send(self, request: bytes) -> asyncio.Future[None]:
+        self.status = 0
+        self.first = 0.0
+        self.tail = b""
+        self.error_body.clear()
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)  # type: ignore[union-attr]
+        return self.waiter
+
+
+def encode_request(cmd: dict) -> tuple[str, int, bytes]:
+    parts = urlsplit(cmd["url"])
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    body = json.dumps(cmd["body"], separators=(",", ":")).encode()
+    headers = {
+        "Host": parts.netloc,
+        "Accept": "*/*",
+        "User-Agent": "llmserve-loadgen",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **cmd["headers"],
+    }
+    head = f"POST {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return host, port, (head + "\r\n").encode("latin-1") + body
 
 
 async def run(cmd: dict) -> dict:
     out: dict = {"latency": [], "ttft": [], "requests": 0, "errors": 0}
+    latency, ttft = out["latency"], out["ttft"]
+    stream = bool(cmd["stream"])
+    host, port, request = encode_request(cmd)
+    loop = asyncio.get_running_loop()
     c = int(cmd["concurrency"])
-    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
     cpu0 = time.process_time()
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        started = time.perf_counter()
-        deadline = started + float(cmd["duration"])
+    started = perf_counter()
+    deadline = started + float(cmd["duration"])
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
+    def error(message: str) -> None:
+        out["errors"] += 1
+        out["last_error"] = message
+
+    async def worker() -> None:
+        conn: Connection | None = None
+        while perf_counter() < deadline:
+            if conn is None or conn.closed or not conn.keep_alive:
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
                 try:
-                    await one(client, cmd, out)
-                except httpx.HTTPError as exc:
-                    out["errors"] += 1
-                    out["last_error"] = repr(exc)
+                    _, conn = await asyncio.wait_for(
+                        loop.create_connection(Connection, host, port), TIMEOUT
+                    )
+                except (OSError, TimeoutError) as exc:
+                    error(f"connect: {exc!r}")
+                    conn = None
+                    await asyncio.sleep(0.01)
+                    continue
+            begun = perf_counter()
+            waiter = conn.send(request)
+            timer = loop.call_later(TIMEOUT, conn.fail, Broken("no complete answer in 60 s"))
+            try:
+                await waiter
+            except Broken as exc:
+                error(repr(exc))
+                conn.transport.close()  # type: ignore[union-attr]
+                conn = None
+                continue
+            finally:
+                timer.cancel()
+            done = perf_counter()
+            if conn.status != 200:
+                error(f"{conn.status}: {bytes(conn.error_body[:300])!r}")
+                continue
+            latency.append((done - begun) * 1000.0)
+            if stream and conn.first:
+                ttft.append((conn.first - begun) * 1000.0)
+            out["requests"] += 1
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
 
-        await asyncio.gather(*(worker() for _ in range(c)))
-        out["wall"] = time.perf_counter() - started
+    await asyncio.gather(*(worker() for _ in range(c)))
+    out["wall"] = perf_counter() - started
     out["client_cpu"] = time.process_time() - cpu0
     return out
 
@@ -79,9 +188,13 @@ def main() -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
+        print("DBG got", line[:80], file=sys.stderr, flush=True)
         result = asyncio.run(run(json.loads(line)))
-        sys.stdout.write(json.dumps(result) + "\n")
+        data = json.dumps(result) + "\n"
+        print("DBG ran", len(data), result["requests"], file=sys.stderr, flush=True)
+        sys.stdout.write(data)
         sys.stdout.flush()
+        print("DBG wrote", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

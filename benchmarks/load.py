@@ -110,7 +110,7 @@ def double_process(delay: float) -> Iterator[tuple[subprocess.Popen[str], str]]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(HERE / "_double_process.py"),
+            str(HERE / "_fast_double.py"),
             "--tokens",
             str(TOKENS),
             "--delay",

@@ -1,0 +1,398 @@
+"""A fast Ollama double for the load harness: ``/api/generate`` only, cheap enough not to limit it.
+
+    .venv/bin/python benchmarks/_fast_double.py --tokens 64 --delay 0.02 [--model llama3.2]
+
+Prints its base URL (``http://127.0.0.1:PORT``) on stdout (one line), then serves until stdin
+closes or SIGTERM. Same command line and output as the harness's former double process, so
+``load.py`` starts either the same way.
+
+Why not ``tests/fakes``' ``OllamaDouble``: that one is faithful and scriptable (validation,
+recording, scripted errors), and costs ~1 ms of CPU per non-stream request and ~3 ms per streamed
+64-token one (an ASGI app on uvicorn, one ``send`` and one sleep per token): on a 2-core machine
+the double was the bottleneck. This one is an ``asyncio.Protocol`` (uvloop if importable) with
+httptools' C parser; every answer is encoded once at start-up (per model name as sent), so a
+zero-delay answer is one lookup and one ``transport.write``. With a per-token delay the headers
+and the first token go out at once, then one chunk every ``--delay`` seconds from one
+``loop.call_at`` timer per stream (no task, no sleep), the last token together with the final
+line. Body shapes, headers and chunking are those of Ollama (and of ``OllamaDouble``, whose
+encoders and ``/api/tags`` entry it reuses): one chunked-encoding chunk per NDJSON line,
+``application/x-ndjson``; ``stream:false`` is one ``Content-Length`` JSON object. Timestamps and
+durations are fixed at start-up (``created_at`` is the start time).
+
+Also answered, so ``llmserve serve`` can start against it: ``GET``/``HEAD`` ``/``, ``/api/version``
+and ``/api/tags``. ``options.num_predict`` below the token count shortens the answer
+(``done_reason: "length"``); an empty prompt is a load (``keep_alive: 0``: unload) like Ollama's.
+Anything else gets 404 ``{"error": ...}``. Keep-alive and pipelined requests are answered in
+order on each connection; a client that leaves mid-stream cancels its timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import signal
+import socket
+import sys
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+try:
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes.ollama_names import parse_model_name
+from tests.fakes.ollama_records import DEFAULT_SIZE, ModelEntry
+from tests.fakes.ollama_wire import go_json, rfc3339
+
+TOKEN = " tok"
+PROMPT_EVAL_COUNT = 7  # OllamaDouble's default Script
+JSON_TYPE = b"application/json; charset=utf-8"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+TERMINATOR = b"0\r\n\r\n"
+REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found"}
+UNLOAD = (0, 0.0, "0", "0s", "0m")
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunked-encoding chunk (Go flushes one per NDJSON line)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = go_json({"error": message})
+
+
+class Answer:
+    """Every byte of one answer (one model name as sent, one token count), encoded once."""
+
+    def __init__(self, model: str, tokens: int, reason: str, delay: float, created: str) -> None:
+        self.tokens = tokens
+        head = {"model": model, "created_at": created}
+        token_ns = max(int(delay * 1e9), 20_000)
+        metrics = {
+            "total_duration": 0,
+            "load_duration": 250_000,
+            "prompt_eval_count": PROMPT_EVAL_COUNT,
+            "prompt_eval_duration": 2_000_000,
+            "eval_count": tokens,
+            "eval_duration": max(tokens * token_ns, 1),
+        }
+        metrics["total_duration"] = 300_000 + sum(
+            v for k, v in metrics.items() if k.endswith("duration")
+        )
+        context = list(range(1, PROMPT_EVAL_COUNT + tokens + 1))
+
+        def final(text: str) -> bytes:
+            done = {**head, "response": text, "done": True, "done_reason": reason}
+            return go_json({**done, "context": context, **metrics})
+
+        self.token_chunk = chunk(go_json({**head, "response": TOKEN, "done": False}) + b"\n")
+        self.final_chunk = chunk(final("") + b"\n") + TERMINATOR
+        self.ndjson = self.token_chunk * tokens + self.final_chunk
+        self.whole = final(TOKEN * tokens)
+
+
+class Double:
+    """What every connection shares: the installed model, the encoded answers, the Date."""
+
+    def __init__(self, model: str, tokens: int, delay: float) -> None:
+        self.tokens = tokens
+        self.delay = delay
+        self.created = rfc3339()
+        parsed = parse_model_name(model)
+        if parsed is None:
+            raise SystemExit(f"invalid model name {model!r}")
+        self.entry = ModelEntry.build(parsed, size=DEFAULT_SIZE, modified_at=self.created)
+        self.answers: dict[tuple[str, int], Answer] = {}
+        self.static = {
+            b"/": (TEXT_TYPE, b"Ollama is running"),
+            b"/api/version": (JSON_TYPE, b'{"version":"0.12.0"}'),
+            b"/api/tags": (JSON_TYPE, go_json({"models": [self.entry.tags_item()]})),
+        }
+        self.date = b""
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def tick_date(self) -> None:
+        """Refresh the ``Date`` header once a second (no per-request clock formatting)."""
+        self.date = formatdate(usegmt=True).encode()
+        assert self.loop is not None
+        self.loop.call_later(1.0, self.tick_date)
+
+    def answer(self, model: Any, options: Any) -> Answer:
+        limit = self.tokens
+        if isinstance(options, dict):
+            n = options.get("num_predict")
+            if isinstance(n, int | float) and not isinstance(n, bool) and 0 < int(n) < limit:
+                limit = int(n)
+        found = self.answers.get((model, limit))
+        if found is None:
+            if not isinstance(model, str) or not model:
+                raise Refused(404, "model '' not found")
+            parsed = parse_model_name(model)
+            if parsed is None:
+                raise Refused(400, "invalid model name")
+            if parsed.key != self.entry.name.key:
+                raise Refused(404, f"model '{model}' not found")
+            reason = "stop" if limit == self.tokens else "length"
+            found = Answer(model, limit, reason, self.delay, self.created)
+            self.answers[(model, limit)] = found
+        return found
+
+
+class Stream:
+    """A streamed answer with a per-token delay: one timer at a time, no task."""
+
+    __slots__ = ("answer", "handle", "keep", "next_at", "sent")
+
+    def __init__(self, answer: Answer, keep: bool) -> None:
+        self.answer = answer
+        self.keep = keep
+        self.sent = 0
+        self.next_at = 0.0
+        self.handle: asyncio.TimerHandle | None = None
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: one request parser, answers written in request order."""
+
+    def __init__(self, double: Double) -> None:
+        self.double = double
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.method = b""
+        self.body: list[bytes] = []
+        self.stream: Stream | None = None  # a delayed answer in progress
+        self.pending: collections.deque[tuple[bytes, bytes, bytes, bool]] = collections.deque()
+        self.closing = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.closing = True
+            if self.stream is None:
+                self.respond(400, JSON_TYPE, go_json({"error": "malformed HTTP request"}), False)
+            else:
+                self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.stream is not None and self.stream.handle is not None:
+            self.stream.handle.cancel()
+        self.stream = None
+        self.pending.clear()
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.body = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = (self.method, self.url, b"".join(self.body), self.parser.should_keep_alive())
+        if self.stream is not None or self.pending:
+            self.pending.append(request)
+        else:
+            self.handle(*request)
+
+    # -- answering ------------------------------------------------------------------------
+
+    def handle(self, method: bytes, url: bytes, body: bytes, keep: bool) -> None:
+        path = url.split(b"?", 1)[0]
+        if path == b"/api/generate" and method == b"POST":
+            self.generate(body, keep)
+            return
+        static = self.double.static.get(path)
+        if static is not None and method in (b"GET", b"HEAD"):
+            self.respond(200, static[0], static[1], keep, head_only=method == b"HEAD")
+            return
+        message = f"{method.decode('latin-1')} {path.decode('latin-1')} not found"
+        self.respond(404, JSON_TYPE, go_json({"error": message}), keep)
+
+    def respond(
+        self, status: int, ctype: bytes, body: bytes, keep: bool, head_only: bool = False
+    ) -> None:
+        """A whole response with a ``Content-Length`` (headers in Go's order: sorted)."""
+        out = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nContent-Type: %s\r\nDate: %s\r\n%s\r\n" % (
+            status,
+            REASONS[status],
+            len(body),
+            ctype,
+            self.double.date,
+            b"" if keep else b"Connection: close\r\n",
+        )
+        self.transport.write(out if head_only else out + body)  # type: ignore[union-attr]
+        if not keep:
+            self.end_connection()
+
+    def chunked_head(self, keep: bool) -> bytes:
+        return b"%sDate: %s\r\nTransfer-Encoding: chunked\r\n%s\r\n" % (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n",
+            self.double.date,
+            b"" if keep else b"Connection: close\r\n",
+        )
+
+    def generate(self, body: bytes, keep: bool) -> None:
+        try:
+            req = _loads(body) if body else None
+            if not isinstance(req, dict):
+                raise Refused(400, "missing request body" if not body else "invalid request body")
+            answer = self.double.answer(req.get("model"), req.get("options"))
+        except Refused as exc:
+            self.respond(exc.status, JSON_TYPE, exc.body, keep)
+            return
+        except ValueError:
+            self.respond(400, JSON_TYPE, go_json({"error": "invalid JSON body"}), keep)
+            return
+        stream = req.get("stream") is not False
+        if not req.get("prompt"):
+            reason = "unload" if req.get("keep_alive", 1) in UNLOAD else "load"
+            done = {"model": req["model"], "created_at": self.double.created, "response": ""}
+            self.respond(
+                200, JSON_TYPE, go_json({**done, "done": True, "done_reason": reason}), keep
+            )
+            return
+        delay = self.double.delay
+        if delay <= 0:
+            if stream:
+                self.transport.write(self.chunked_head(keep) + answer.ndjson)  # type: ignore
+                if not keep:
+                    self.end_connection()
+            else:
+                self.respond(200, JSON_TYPE, answer.whole, keep)
+            return
+        run = Stream(answer, keep)
+        self.stream = run
+        if not stream:  # the whole answer when the stream's last token would be due
+            run.handle = self.loop.call_later(delay * max(answer.tokens - 1, 0), self.finish_whole)
+            return
+        run.next_at = self.loop.time()
+        self.transport.write(self.chunked_head(keep))  # type: ignore[union-attr]
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the next token (the last one with the final line), or schedule it."""
+        run = self.stream
+        if run is None or self.transport is None or self.transport.is_closing():
+            return
+        answer = run.answer
+        run.sent += 1
+        if run.sent >= answer.tokens:
+            last = answer.token_chunk if answer.tokens else b""
+            self.transport.write(last + answer.final_chunk)
+            self.stream_done()
+            return
+        self.transport.write(answer.token_chunk)
+        run.next_at += self.double.delay
+        run.handle = self.loop.call_at(run.next_at, self.tick)
+
+    def finish_whole(self) -> None:
+        run = self.stream
+        if run is None or self.transport is None or self.transport.is_closing():
+            return
+        self.stream = None
+        self.respond(200, JSON_TYPE, run.answer.whole, run.keep)
+        self.drain()
+
+    def stream_done(self) -> None:
+        keep = self.stream is not None and self.stream.keep
+        self.stream = None
+        if not keep:
+            self.end_connection()
+            return
+        self.drain()
+
+    def drain(self) -> None:
+        """Answer requests that arrived while a delayed answer was in progress."""
+        while self.pending and self.stream is None and not self.closing:
+            self.handle(*self.pending.popleft())
+
+    def end_connection(self) -> None:
+        self.closing = True
+        self.pending.clear()
+        self.transport.close()  # type: ignore[union-attr]
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    double = Double(args.model, args.tokens, args.delay)
+    double.loop = loop
+    double.tick_date()
+    server = await loop.create_server(
+        lambda: Connection(double), "127.0.0.1", args.port, backlog=1024
+    )
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    fd = sys.stdin.fileno()
+
+    def stdin_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    loop.add_reader(fd, stdin_readable)
+    print(f"http://127.0.0.1:{port}", flush=True)
+    await stop.wait()
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama3.2")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    args = parser.parse_args()
+    if uvloop is not None:
+        uvloop.install()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
