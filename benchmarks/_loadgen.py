@@ -188,13 +188,10 @@ def main() -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
-        print("DBG got", line[:80], file=sys.stderr, flush=True)
         result = asyncio.run(run(json.loads(line)))
         data = json.dumps(result) + "\n"
-        print("DBG ran", len(data), result["requests"], file=sys.stderr, flush=True)
         sys.stdout.write(data)
         sys.stdout.flush()
-        print("DBG wrote", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
