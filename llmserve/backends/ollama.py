@@ -81,7 +81,7 @@ class OllamaBackend:
                 "/api/generate", payload, wait_s=self._first_token_timeout_s
             )
         except _http1.UpstreamError as exc:
-            raise translate_upstream_error(exc, self.base_url, started=False) from None
+            raise translate_transport_error(exc, self.base_url, started=False) from None
         if response.status != 200:
             try:
                 raw = await response.read(_MAX_ERROR_BODY, self._idle_timeout_s)
@@ -231,7 +231,7 @@ class OllamaStream(PrefetchingStream):
             try:
                 chunks = await response.chunks(self._idle_timeout_s)
             except _http1.UpstreamError as exc:
-                raise translate_upstream_error(exc, "", started=True) from None
+                raise translate_transport_error(exc, "", started=True) from None
             if not chunks:
                 raise errors.BackendStreamError(
                     "Ollama closed the stream before the generation finished"
@@ -311,29 +311,17 @@ def _parse_lines(lines: list[bytes]) -> tuple[list[dict[str, Any]], errors.Llmse
     return objects, None
 
 
-def translate_upstream_error(
-    exc: _http1.UpstreamError, base_url: str, *, started: bool
+def translate_transport_error(
+    exc: httpx.HTTPError | _http1.UpstreamError, base_url: str, *, started: bool
 ) -> Exception:
-    """``_http1`` errors as llmserve errors (the generation path's transport)."""
+    """The one place transport failures (httpx's, or the generation pool's) become llmserve
+    errors."""
     where = f" at {base_url}" if base_url else ""
-    if isinstance(exc, _http1.UpstreamConnectError):
-        return errors.BackendUnavailableError(f"cannot connect to Ollama{where}: {exc}")
-    if isinstance(exc, _http1.UpstreamTimeout):
-        phase = "the next token" if started else "the first token"
-        return errors.BackendTimeoutError(f"Ollama{where} timed out waiting for {phase}")
-    if started:
-        return errors.BackendStreamError(f"the connection to Ollama broke mid-stream: {exc}")
-    return errors.BackendError(f"the request to Ollama{where} failed: {exc}")
-
-
-def translate_transport_error(exc: httpx.HTTPError, base_url: str, *, started: bool) -> Exception:
-    """The one place httpx errors become llmserve errors."""
-    where = f" at {base_url}" if base_url else ""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | _http1.UpstreamConnectError):
         return errors.BackendUnavailableError(
             f"cannot connect to Ollama{where}: {exc or 'refused'}"
         )
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | _http1.UpstreamTimeout):
         phase = "the next token" if started else "the first token"
         return errors.BackendTimeoutError(f"Ollama{where} timed out waiting for {phase}")
     if started:
