@@ -142,13 +142,16 @@ class _Connection(asyncio.Protocol):
     async def wait(self, wait_s: float) -> None:
         """Wait until something happens (data, end, error) or ``wait_s`` seconds pass.
 
-        One lazily re-armed timer per connection instead of a timer per wait (per token): each
-        wait only moves the deadline; when the timer fires early it re-arms for the rest.
+        One lazily re-armed timer per connection instead of a timer per wait (per token): a wait
+        moves the deadline later for free (when the timer fires early it re-arms for the rest);
+        only a deadline earlier than the armed timer replaces it.
         """
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + wait_s
+        deadline = self._deadline = loop.time() + wait_s
+        if self._timer is not None and self._timer.when() > deadline:
+            self._stop_timer()  # a shorter limit than the armed one (first byte, then idle)
         if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer = loop.call_at(deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
         try:
             await waiter

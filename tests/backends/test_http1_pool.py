@@ -262,3 +262,34 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 def test_only_http_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="not an http"):
         pool("unix:///var/run/ollama.sock")
+
+
+async def test_the_wait_limit_counts_from_each_chunk_not_from_the_first_wait() -> None:
+    """One timer per connection is re-armed lazily: steady chunks 0.1 s apart never time out
+    a 0.25 s wait, however long the stream; silence afterwards does, about 0.25 s later."""
+
+    def handler(state: RawServer) -> Handler:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await state.read_request(reader)
+            writer.write(OK_HEAD)
+            for _ in range(8):
+                await asyncio.sleep(0.1)
+                writer.write(b"3\r\n{}\n\r\n")
+            await asyncio.sleep(5)
+
+        return serve
+
+    async with raw_server(handler) as (_, url):
+        client = pool(url)
+        response = await client.post_json("/api/generate", b"{}", wait_s=2.0)
+        received = 0
+        loop = asyncio.get_running_loop()
+        with pytest.raises(_http1.UpstreamTimeout):
+            while True:
+                received += len(await response.chunks(0.25))
+                last = loop.time()
+        waited = loop.time() - last
+        assert received == 8  # ~0.8 s of chunks, three times the wait limit, and no timeout
+        assert 0.2 < waited < 0.6
+        await response.aclose()
+        client.close()
