@@ -12,10 +12,16 @@ recording, scripted errors), and costs ~1 ms of CPU per non-stream request and ~
 the double was the bottleneck. This one is an ``asyncio.Protocol`` (uvloop if importable) with
 httptools' C parser; every answer is encoded once at start-up (per model name as sent), so a
 zero-delay answer is one lookup and one ``transport.write``. With a per-token delay the headers
-and the first token go out at once, then one chunk every ``--delay`` seconds from one
-``loop.call_at`` timer per stream (no task, no sleep), the last token together with the final
-line. Body shapes, headers and chunking are those of Ollama (and of ``OllamaDouble``, whose
-encoders and ``/api/tags`` entry it reuses): one chunked-encoding chunk per NDJSON line,
+and the first token go out together as soon as the request is read; after that one shared
+``loop.call_at`` ticker (no task, no sleep) wakes every ``--delay`` seconds and writes the next
+token of every stream in progress, like Ollama's runner, which decodes all parallel sequences in
+one batch per step. One wake-up per step instead of one per stream and token cut the double's
+CPU per streamed request at 20 ms/token by a third (c=16) to a half (c=64): a wake-up from idle
+costs ~130 µs of CPU on the 2-core VM this was measured on. A stream's first gap is 0.5-1.5
+steps (one on average), the others one step; the last token goes out with the final line.
+
+Body shapes, headers and chunking are those of Ollama (and of ``OllamaDouble``, whose encoders
+and ``/api/tags`` entry it reuses): one chunked-encoding chunk per NDJSON line,
 ``application/x-ndjson``; ``stream:false`` is one ``Content-Length`` JSON object. Timestamps and
 durations are fixed at start-up (``created_at`` is the start time).
 
@@ -23,7 +29,8 @@ Also answered, so ``llmserve serve`` can start against it: ``GET``/``HEAD`` ``/`
 and ``/api/tags``. ``options.num_predict`` below the token count shortens the answer
 (``done_reason: "length"``); an empty prompt is a load (``keep_alive: 0``: unload) like Ollama's.
 Anything else gets 404 ``{"error": ...}``. Keep-alive and pipelined requests are answered in
-order on each connection; a client that leaves mid-stream cancels its timer.
+order on each connection; a client that leaves mid-stream is dropped from the ticker (or, for
+``stream:false``, its timer is cancelled).
 """
 
 from __future__ import annotations
@@ -114,9 +121,10 @@ class Answer:
 class Double:
     """What every connection shares: the installed model, the encoded answers, the Date."""
 
-    def __init__(self, model: str, tokens: int, delay: float) -> None:
+    def __init__(self, model: str, tokens: int, delay: float, per_stream: bool = False) -> None:
         self.tokens = tokens
         self.delay = delay
+        self.per_stream = per_stream  # one timer per stream instead of the shared ticker
         self.created = rfc3339()
         parsed = parse_model_name(model)
         if parsed is None:
@@ -129,13 +137,39 @@ class Double:
             b"/api/tags": (JSON_TYPE, go_json({"models": [self.entry.tags_item()]})),
         }
         self.date = b""
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        self.streams: dict[Connection, None] = {}  # delayed streams in progress
+        self.ticker: asyncio.TimerHandle | None = None
+        self.next_tick = 0.0
 
     def tick_date(self) -> None:
         """Refresh the ``Date`` header once a second (no per-request clock formatting)."""
         self.date = formatdate(usegmt=True).encode()
-        assert self.loop is not None
         self.loop.call_later(1.0, self.tick_date)
+
+    def join(self, conn: Connection) -> None:
+        """Add a stream to the shared ticker (started on demand)."""
+        self.streams[conn] = None
+        if self.ticker is None:
+            self.next_tick = self.loop.time() + self.delay
+            self.ticker = self.loop.call_at(self.next_tick, self.tick)
+
+    def tick(self) -> None:
+        """One decoding step: the next token of every stream in progress, in one wake-up.
+
+        Like Ollama's runner, which decodes all parallel sequences in one batch per step. A
+        stream that got its first token less than half a step ago waits for the next tick, so
+        its first gap is between 0.5 and 1.5 steps (one step on average), the others one step.
+        """
+        now = self.loop.time()
+        joined_before = now - self.delay / 2
+        for conn in list(self.streams):
+            conn.next_token(joined_before)
+        if not self.streams:
+            self.ticker = None
+            return
+        self.next_tick = max(self.next_tick + self.delay, now)  # late: no catch-up burst
+        self.ticker = self.loop.call_at(self.next_tick, self.tick)
 
     def answer(self, model: Any, options: Any) -> Answer:
         limit = self.tokens
@@ -159,15 +193,15 @@ class Double:
 
 
 class Stream:
-    """A streamed answer with a per-token delay: one timer at a time, no task."""
+    """A delayed answer in progress: driven by the shared ticker, or one timer (non-stream)."""
 
-    __slots__ = ("answer", "handle", "keep", "next_at", "sent")
+    __slots__ = ("answer", "handle", "keep", "sent", "started")
 
-    def __init__(self, answer: Answer, keep: bool) -> None:
+    def __init__(self, answer: Answer, keep: bool, started: float) -> None:
         self.answer = answer
         self.keep = keep
         self.sent = 0
-        self.next_at = 0.0
+        self.started = started
         self.handle: asyncio.TimerHandle | None = None
 
 
@@ -210,6 +244,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self.stream is not None and self.stream.handle is not None:
             self.stream.handle.cancel()
+        self.double.streams.pop(self, None)
         self.stream = None
         self.pending.clear()
 
@@ -301,30 +336,48 @@ class Connection(asyncio.Protocol):
             else:
                 self.respond(200, JSON_TYPE, answer.whole, keep)
             return
-        run = Stream(answer, keep)
+        run = Stream(answer, keep, self.loop.time())
         self.stream = run
         if not stream:  # the whole answer when the stream's last token would be due
             run.handle = self.loop.call_later(delay * max(answer.tokens - 1, 0), self.finish_whole)
             return
-        run.next_at = self.loop.time()
-        self.transport.write(self.chunked_head(keep))  # type: ignore[union-attr]
-        self.tick()
-
-    def tick(self) -> None:
-        """Write the next token (the last one with the final line), or schedule it."""
-        run = self.stream
-        if run is None or self.transport is None or self.transport.is_closing():
-            return
-        answer = run.answer
-        run.sent += 1
-        if run.sent >= answer.tokens:
-            last = answer.token_chunk if answer.tokens else b""
-            self.transport.write(last + answer.final_chunk)
+        if answer.tokens <= 1:  # nothing to wait for
+            self.transport.write(self.chunked_head(keep) + answer.ndjson)  # type: ignore
             self.stream_done()
             return
-        self.transport.write(answer.token_chunk)
-        run.next_at += self.double.delay
-        run.handle = self.loop.call_at(run.next_at, self.tick)
+        run.sent = 1
+        self.transport.write(self.chunked_head(keep) + answer.token_chunk)  # type: ignore
+        if self.double.per_stream:
+            run.handle = self.loop.call_at(run.started + delay, self.own_tick)
+        else:
+            self.double.join(self)
+
+    def own_tick(self) -> None:
+        """``--per-stream``: this stream's own timer, one token every ``delay`` from its start."""
+        run = self.stream
+        if run is None:
+            return
+        self.next_token(float("inf"))
+        if self.stream is run:
+            due = run.started + run.sent * self.double.delay
+            run.handle = self.loop.call_at(due, self.own_tick)
+
+    def next_token(self, joined_before: float) -> None:
+        """Called by the ticker: write the next token (the last one with the final line)."""
+        run = self.stream
+        if run is None or self.transport is None or self.transport.is_closing():
+            self.double.streams.pop(self, None)
+            return
+        if run.sent == 1 and run.started > joined_before:
+            return  # the first token went out less than half a step ago
+        answer = run.answer
+        run.sent += 1
+        if run.sent < answer.tokens:
+            self.transport.write(answer.token_chunk)
+            return
+        self.transport.write(answer.token_chunk + answer.final_chunk)
+        self.double.streams.pop(self, None)
+        self.stream_done()
 
     def finish_whole(self) -> None:
         run = self.stream
@@ -355,8 +408,7 @@ class Connection(asyncio.Protocol):
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    double = Double(args.model, args.tokens, args.delay)
-    double.loop = loop
+    double = Double(args.model, args.tokens, args.delay, args.per_stream)
     double.tick_date()
     server = await loop.create_server(
         lambda: Connection(double), "127.0.0.1", args.port, backlog=1024
@@ -388,6 +440,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument(
+        "--per-stream",
+        action="store_true",
+        help="one timer per stream (tokens of different streams arrive independently) "
+        "instead of one shared decoding step for all streams",
+    )
     args = parser.parse_args()
     if uvloop is not None:
         uvloop.install()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import sys
 import time
 from urllib.parse import urlsplit
@@ -182,6 +184,25 @@ async def run(cmd: dict) -> dict:
     return out
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte, whatever ``write(2)`` returns.
+
+    Not ``sys.stdout.write``: after an event loop has run in this process (uvloop 0.23 here), a
+    blocking ``write(2)`` of a result larger than the pipe buffer intermittently returns a short
+    count with no signal in sight, and ``sys.stdout`` then silently dropped the rest of the line
+    (seen with strace: one ``write(1, ..., 300001) = 196608`` and no second write), which left
+    ``load.py`` waiting for the line's end forever.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
 def main() -> None:
     if uvloop is not None:
         uvloop.install()
@@ -189,9 +210,7 @@ def main() -> None:
         if not line.strip():
             continue
         result = asyncio.run(run(json.loads(line)))
-        data = json.dumps(result) + "\n"
-        sys.stdout.write(data)
-        sys.stdout.flush()
+        write_all(sys.stdout.fileno(), (json.dumps(result) + "\n").encode())
 
 
 if __name__ == "__main__":

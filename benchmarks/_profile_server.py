@@ -33,13 +33,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--delay", type=float, default=0.0, help="the double's seconds per token")
+    parser.add_argument(
+        "--per-stream", action="store_true", help="the double's tokens arrive per stream"
+    )
+    parser.add_argument(
+        "--calls", action="store_true", help="also list functions by call count (per token?)"
+    )
     parser.add_argument("--out", default="", help="keep the .prof file here")
     args = parser.parse_args()
     setup_logging()
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(benchmark_database("", ADMIN_URL))
         key = create_key(url)
-        _, double_url = stack.enter_context(double_process(0.0))
+        _, double_url = stack.enter_context(
+            double_process(args.delay, *(["--per-stream"] if args.per_stream else []))
+        )
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         prof = Path(args.out) if args.out else tmp / "server.prof"
         port = free_port()
@@ -95,6 +104,8 @@ def main() -> None:
         stats = pstats.Stats(str(prof))
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
+        if args.calls:
+            stats.sort_stats("ncalls").print_stats(args.top)
 
 
 if __name__ == "__main__":

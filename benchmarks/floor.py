@@ -121,11 +121,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.02, help="seconds between tokens")
     parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument(
+        "--per-stream",
+        action="store_true",
+        help="the double's tokens of different streams arrive independently (load.py's "
+        "'independent' row) instead of in one decoding step for all streams",
+    )
     args = parser.parse_args()
     setup_logging()
     rows = []
     with contextlib.ExitStack() as stack:
-        double, upstream = stack.enter_context(double_process(args.delay))
+        extra = ["--per-stream"] if args.per_stream else []
+        double, upstream = stack.enter_context(double_process(args.delay, *extra))
         ready: multiprocessing.Queue = multiprocessing.Queue()
         relay = multiprocessing.Process(target=_relay, args=(upstream, ready), daemon=True)
         relay.start()

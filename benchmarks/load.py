@@ -58,7 +58,23 @@ class Scenario:
     name: str
     stream: bool
     concurrency: int
-    slow: bool = False  # the 20 ms/token double and its server
+    double: str = "burst"  # which double (and its own server) answers: see DOUBLES
+
+    @property
+    def slow(self) -> bool:
+        return self.double != "burst"
+
+
+# The doubles, each with its own llmserve: (per-token delay, extra double arguments).
+DOUBLES = {
+    "burst": (0.0, ()),
+    # 20 ms per token, one decoding step for all streams in progress (as Ollama's runner batches
+    # parallel sequences): the tokens of the 16 streams arrive together, every 20 ms.
+    "step": (0.02, ()),
+    # 20 ms per token from each stream's own start: the tokens of different streams arrive
+    # independently, spread over the 20 ms, so nearly every token is a wake-up of its own.
+    "independent": (0.02, ("--per-stream",)),
+}
 
 
 SCENARIOS = [
@@ -68,7 +84,8 @@ SCENARIOS = [
     Scenario("stream c=1", True, 1),
     Scenario("stream c=16", True, 16),
     Scenario("stream c=64", True, 64),
-    Scenario("stream c=16, 20 ms/token", True, 16, slow=True),
+    Scenario("stream c=16, 20 ms/token", True, 16, "step"),
+    Scenario("stream c=16, 20 ms/token, independent", True, 16, "independent"),
 ]
 
 
@@ -106,7 +123,7 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def double_process(delay: float) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def double_process(delay: float, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -117,6 +134,7 @@ def double_process(delay: float) -> Iterator[tuple[subprocess.Popen[str], str]]:
             str(delay),
             "--model",
             MODEL,
+            *extra,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -192,19 +210,20 @@ def check_answers(direct: str, proxied: str, key: str) -> None:
 
 def run_pass(
     gen: LoadGen,
-    sides: dict[bool, dict[str, dict]],
+    sides: dict[str, dict[str, dict]],
     results: dict[tuple[str, str], Tally],
+    scenarios: list[Scenario],
     rounds: int,
     duration: float,
     slow_duration: float,
     warmup: float,
 ) -> None:
-    for sc in SCENARIOS:
+    for sc in scenarios:
         log.info("  %s", sc.name)
         for r in range(rounds):
             order = ("direct", "llmserve") if r % 2 == 0 else ("llmserve", "direct")
             for side in order:
-                t = sides[sc.slow][side]
+                t = sides[sc.double][side]
                 cmd = {
                     "url": t["url"],
                     "headers": t["headers"],
@@ -228,9 +247,9 @@ def fmt_ms(values: list[float], p: float) -> float | str:
     return percentile(values, p) if values else "-"
 
 
-def report(results: dict[tuple[str, str], Tally]) -> None:
+def report(results: dict[tuple[str, str], Tally], scenarios: list[Scenario]) -> None:
     rows = []
-    for sc in SCENARIOS:
+    for sc in scenarios:
         d, s = results[(sc.name, "direct")], results[(sc.name, "llmserve")]
         for side, t in (("direct", d), ("llmserve", s)):
             per_req = t.server_cpu / t.requests * 1e6 if t.requests else 0.0
@@ -296,7 +315,15 @@ def main() -> None:
         default=64,
         help="the servers' MAX_CONCURRENT_GENERATIONS (default 64)",
     )
+    parser.add_argument(
+        "--only", default="", help="run only the scenarios whose name contains this text"
+    )
     args = parser.parse_args()
+    scenarios = [sc for sc in SCENARIOS if args.only in sc.name]
+    if not scenarios:
+        parser.error(f"no scenario name contains {args.only!r}")
+    # Memory is read on the burst server, so it always runs; in DOUBLES' order.
+    kinds = [k for k in DOUBLES if k == "burst" or any(sc.double == k for sc in scenarios)]
     rounds = args.rounds or (1 if args.quick else 2)
     duration = args.duration or (0.1 if args.quick else 2.5)
     slow_duration = args.slow_duration or (0.5 if args.quick else 5.0)
@@ -308,11 +335,12 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         database_url = stack.enter_context(benchmark_database(args.database_url, args.admin_url))
         key = create_key(database_url)
-        fast_proc, fast_url = stack.enter_context(double_process(0.0))
-        slow_proc, slow_url = stack.enter_context(double_process(0.02))
+        doubles = {
+            k: stack.enter_context(double_process(DOUBLES[k][0], *DOUBLES[k][1])) for k in kinds
+        }
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        servers: dict[bool, ServerProcess] = {}
-        for slow, url in ((False, fast_url), (True, slow_url)):
+        servers: dict[str, ServerProcess] = {}
+        for kind, (_, url) in doubles.items():
             env = server_env(
                 DATABASE_URL=database_url,
                 OLLAMA_BASE_URL=url,
@@ -321,14 +349,14 @@ def main() -> None:
                 MAX_CONCURRENT_GENERATIONS=str(args.max_concurrent),
                 MAX_QUEUED_GENERATIONS="256",
             )
-            servers[slow] = stack.enter_context(running_server(env, tmp))
-        for slow, url in ((False, fast_url), (True, slow_url)):
-            check_answers(url, servers[slow].base_url, key)
+            servers[kind] = stack.enter_context(running_server(env, tmp))
+        for kind, (_, url) in doubles.items():
+            check_answers(url, servers[kind].base_url, key)
         gen = LoadGen()
         stack.callback(gen.close)
         auth = {"Authorization": f"Bearer {key}"}
         sides = {
-            slow: {
+            kind: {
                 "direct": {
                     "url": url + "/api/generate",
                     "headers": {},
@@ -336,23 +364,23 @@ def main() -> None:
                     "body": {"model": MODEL, "prompt": "hi"},
                 },
                 "llmserve": {
-                    "url": servers[slow].base_url + "/api/v1/generate",
+                    "url": servers[kind].base_url + "/api/v1/generate",
                     "headers": auth,
-                    "pid": servers[slow].process.pid,
+                    "pid": servers[kind].process.pid,
                     "body": {"prompt": "hi"},
                 },
             }
-            for slow, url, proc in ((False, fast_url, fast_proc), (True, slow_url, slow_proc))
+            for kind, (proc, url) in doubles.items()
         }
-        pid = servers[False].process.pid
+        pid = servers["burst"].process.pid
         rss = [rss_mb(pid)]
         results: dict[tuple[str, str], Tally] = {
-            (sc.name, side): Tally() for sc in SCENARIOS for side in ("direct", "llmserve")
+            (sc.name, side): Tally() for sc in scenarios for side in ("direct", "llmserve")
         }
         started = time.monotonic()
         for n in range(args.passes):
             log.info("pass %d of %d", n + 1, args.passes)
-            run_pass(gen, sides, results, rounds, duration, slow_duration, warmup)
+            run_pass(gen, sides, results, scenarios, rounds, duration, slow_duration, warmup)
             time.sleep(0.5)  # let the request log flush
             rss.append(rss_mb(pid))
         load_after = load_average()
@@ -366,7 +394,7 @@ def main() -> None:
         f"({slow_duration} s at 20 ms/token), {elapsed:.0f} s of load; load average before "
         f"{load_before}, after {load_after}; {os.cpu_count()} CPUs\n"
     )
-    report(results)
+    report(results, scenarios)
     print(
         f"\nllmserve RSS (zero-delay server): started {rss[0]:.1f} MB, "
         + ", ".join(f"after pass {i} {v:.1f} MB" for i, v in enumerate(rss[1:], 1))

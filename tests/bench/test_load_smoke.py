@@ -22,6 +22,7 @@ SCENARIOS = [
     "stream c=16",
     "stream c=64",
     "stream c=16, 20 ms/token",
+    "stream c=16, 20 ms/token, independent",
 ]
 
 
