@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmserve.logging_setup import request_id_var
 
+#: Scope key of the unwrapped ``send`` (see ``api/sse.py``).
+BODY_SEND = "llmserve.body_send"
+
 _SANE = re.compile(rb"[A-Za-z0-9._:-]{1,128}\Z")
 
 
@@ -30,6 +33,9 @@ class RequestIdMiddleware:
             raw.decode() if raw is not None and _SANE.match(raw) else f"{getrandbits(128):032x}"
         )
         scope.setdefault("state", {})["request_id"] = request_id
+        # The send beneath every wrapper: once a response has started (through the wrapped
+        # send, which is all the wrappers look at), a stream sends its body here directly.
+        scope[BODY_SEND] = send
         header = (b"x-request-id", request_id.encode())
 
         def send_with_id(message: Message) -> Awaitable[None]:

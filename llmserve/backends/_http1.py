@@ -60,7 +60,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self.arrived: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
         self.received_any = False
@@ -104,7 +104,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        self.arrived.append(body)
         self._buffered += len(body)
         if self._buffered > _READ_HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
@@ -127,20 +127,17 @@ class _Connection(asyncio.Protocol):
 
     def take(self) -> list[bytes]:
         """Every body chunk that has arrived (possibly none)."""
-        chunks = list(self._chunks)
-        self._chunks.clear()
+        chunks = list(self.arrived)
+        self.arrived.clear()
         self._buffered = 0
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return chunks
 
-    @property
-    def has_data(self) -> bool:
-        return bool(self._chunks)
-
-    async def wait(self, wait_s: float) -> None:
-        """Wait until something happens (data, end, error) or ``wait_s`` seconds pass.
+    def wait(self, wait_s: float) -> asyncio.Future[None]:
+        """A future that completes when something happens (data, end, error) or fails with
+        UpstreamTimeout after ``wait_s`` seconds. Awaited directly: no coroutine per wait.
 
         One lazily re-armed timer per connection instead of a timer per wait (per token): a wait
         moves the deadline later for free (when the timer fires early it re-arms for the rest);
@@ -153,10 +150,7 @@ class _Connection(asyncio.Protocol):
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -213,7 +207,7 @@ class Response:
         """
         conn = self._conn
         while True:
-            if conn.has_data:
+            if conn.arrived:
                 return conn.take()
             if conn.complete:
                 return []
