@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
     app.add_middleware(RequestIdMiddleware)
     app.include_router(generate.router)
+    generate.install_fast_route(app.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(openai.router)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 T = TypeVar("T")
 
@@ -15,7 +16,7 @@ class ClientDisconnected(Exception):
     """The client closed the connection; there is nobody to answer."""
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+async def cancel_on_disconnect(receive: Receive | Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ClientDisconnected.
 
     The work runs in the calling task (no task of its own, which is cheaper); a small watcher
@@ -26,7 +27,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """
     caller = asyncio.current_task()
     assert caller is not None
-    receive = request.receive
+    if isinstance(receive, Request):
+        receive = receive.receive
     disconnected = False
 
     async def watch_disconnect() -> None:
