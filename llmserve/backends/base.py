@@ -24,6 +24,8 @@ from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, Pull
 class GenerationStream(Protocol):
     result: GenerationResult | None
     tokens_received: int
+    #: The exception that ended the output early, if one did (the consumer sees it too).
+    failure: BaseException | None
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
@@ -40,11 +42,14 @@ class PrefetchingStream:
     ``open_generation`` calls ``prefetch()`` so that failures before the first token surface
     before the HTTP response starts; iteration then yields that output first. Subclasses
     implement ``_batches()`` (lists of fragments that arrived together, so that a burst costs
-    one downstream write) or ``_pieces()`` (one fragment at a time).
+    one downstream write; it records what ended it early in ``failure``) or ``_pieces()`` (one
+    fragment at a time).
     """
 
     _first: list[str] | None = None
     _source: AsyncIterator[list[str]] | None = None
+    #: What ended the output early (an error, a cancellation), recorded by ``_batches``.
+    failure: BaseException | None = None
 
     async def prefetch(self) -> None:
         """Read until the first non-empty batch (or the end), so errors surface before bytes."""
@@ -70,8 +75,12 @@ class PrefetchingStream:
         return _FirstThen(first, source)
 
     async def _batches(self) -> AsyncIterator[list[str]]:
-        async for piece in self._pieces():
-            yield [piece]
+        try:
+            async for piece in self._pieces():
+                yield [piece]
+        except BaseException as exc:
+            self.failure = exc
+            raise
 
     def _pieces(self) -> AsyncIterator[str]:
         raise NotImplementedError

@@ -226,41 +226,46 @@ class OllamaStream(PrefetchingStream):
         self.tokens_received = 0
 
     async def _batches(self) -> AsyncIterator[list[str]]:
-        response = self._response
-        while not self._finished:
-            try:
-                chunks = await response.chunks(self._idle_timeout_s)
-            except _http1.UpstreamError as exc:
-                raise translate_transport_error(exc, "", started=True) from None
-            if not chunks:
-                raise errors.BackendStreamError(
-                    "Ollama closed the stream before the generation finished"
-                )
-            if time.monotonic() > self._deadline:
-                raise errors.BackendTimeoutError("the generation exceeded REQUEST_TIMEOUT_S")
-            lines = b"".join([self._buffer, *chunks]).split(b"\n")
-            self._buffer = lines.pop()
-            objects, failure = _parse_lines(lines)
-            batch: list[str] = []
-            for obj in objects:
-                if "error" in obj:
-                    failure = errors.BackendStreamError(
-                        f"Ollama failed mid-generation: {obj['error']}"
+        try:
+            response = self._response
+            while not self._finished:
+                try:
+                    chunks = await response.chunks(self._idle_timeout_s)
+                except _http1.UpstreamError as exc:
+                    raise translate_transport_error(exc, "", started=True) from None
+                if not chunks:
+                    raise errors.BackendStreamError(
+                        "Ollama closed the stream before the generation finished"
                     )
-                    break
-                text = obj.get("response")
-                if text:
-                    batch.append(text)
-                if obj.get("done"):
-                    self._finish(obj)
-                    break
-            self.tokens_received += len(batch)
-            if self._finished:
-                await self._drain()
-            if batch:
-                yield batch  # the text before a failure still reaches the client
-            if failure is not None and not self._finished:
-                raise failure
+                if time.monotonic() > self._deadline:
+                    raise errors.BackendTimeoutError("the generation exceeded REQUEST_TIMEOUT_S")
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                lines = (self._buffer + data if self._buffer else data).split(b"\n")
+                self._buffer = lines.pop()
+                objects, failure = _parse_lines(lines)
+                batch: list[str] = []
+                for obj in objects:
+                    if "error" in obj:
+                        failure = errors.BackendStreamError(
+                            f"Ollama failed mid-generation: {obj['error']}"
+                        )
+                        break
+                    text = obj.get("response")
+                    if text:
+                        batch.append(text)
+                    if obj.get("done"):
+                        self._finish(obj)
+                        break
+                self.tokens_received += len(batch)
+                if self._finished:
+                    await self._drain()
+                if batch:
+                    yield batch  # the text before a failure still reaches the client
+                if failure is not None and not self._finished:
+                    raise failure
+        except BaseException as exc:
+            self.failure = exc
+            raise
 
     async def _drain(self) -> None:
         """Read the body's end so that the connection can go back to the pool (best effort)."""
@@ -291,14 +296,14 @@ def _parse_lines(lines: list[bytes]) -> tuple[list[dict[str, Any]], errors.Llmse
     On a malformed line, the objects before it and the error: the text before it still counts.
     """
     lines = [line for line in lines if line]
-    if not lines:
-        return [], None
-    try:
-        parsed = orjson.loads(b"[" + b",".join(lines) + b"]")
-        if all(type(obj) is dict for obj in parsed):
-            return parsed, None
-    except ValueError:
-        pass
+    if len(lines) > 1:
+        try:
+            parsed = orjson.loads(b"[" + b",".join(lines) + b"]")
+            # As many objects as lines: '{...},{...}' on one line is malformed, not two objects.
+            if len(parsed) == len(lines) and all(type(obj) is dict for obj in parsed):
+                return parsed, None
+        except ValueError:
+            pass
     objects: list[dict[str, Any]] = []
     for line in lines:  # find the bad line
         try:

@@ -144,7 +144,6 @@ class Generation:
         self._status = "ok"
         self._error: str | None = None
         self._closed = False
-        self.result: GenerationResult | None = None
 
     async def open(self, backend: Backend, admission: Admission) -> None:
         try:
@@ -170,19 +169,30 @@ class Generation:
             for piece in batch:
                 yield piece
 
-    async def batches(self) -> AsyncIterator[list[str]]:
-        """Text fragments grouped as they arrived, so a burst can be written at once."""
+    def batches(self) -> AsyncIterator[list[str]]:
+        """Text fragments grouped as they arrived, so a burst can be written at once.
+
+        The backend stream's own iterator unless the text is kept for the log: no generator of
+        this class in between (per token, each level of async generator costs its own resume).
+        What ended it early is read back from the stream (``failure``) when closing.
+        """
         assert self._stream is not None, "open() first"
-        pieces = self._pieces
-        try:
-            async for batch in self._stream.batches():
-                if pieces is not None:
-                    pieces.extend(batch)
-                yield batch
-        except BaseException as exc:
-            self._fail(exc)
-            raise
-        self.result = self._stream.result
+        if self._pieces is None:
+            return self._stream.batches()
+        return self._kept_batches(self._stream, self._pieces)
+
+    @staticmethod
+    async def _kept_batches(
+        stream: GenerationStream, pieces: list[str]
+    ) -> AsyncIterator[list[str]]:
+        async for batch in stream.batches():
+            pieces.extend(batch)
+            yield batch
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """Done reason and token counts, once the output has ended normally."""
+        return self._stream.result if self._stream is not None else None
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, errors.LlmserveError):
@@ -206,6 +216,8 @@ class Generation:
         stream = self._stream
         try:
             if stream is not None:
+                if stream.failure is not None and self._status == "ok":
+                    self._fail(stream.failure)
                 if self.result is None and self._status == "ok":
                     self._status, self._error = "cancelled", "the client went away"
                 await asyncio.shield(stream.aclose())

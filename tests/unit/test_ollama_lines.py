@@ -25,3 +25,18 @@ def test_json_that_is_not_an_object_is_malformed() -> None:
     assert [obj["response"] for obj in objects] == ["a"]
     assert isinstance(failure, errors.BackendStreamError)
     assert _parse_lines([b"", b""]) == ([], None)
+
+
+def test_one_line_holding_two_objects_is_malformed() -> None:
+    # Joined into one array they would parse as three objects; it is two lines, one malformed.
+    objects, failure = _parse_lines([b'{"response":"a"}', b'{"response":"b"},{"response":"c"}'])
+    assert [obj["response"] for obj in objects] == ["a"]
+    assert isinstance(failure, errors.BackendStreamError)
+
+
+def test_a_single_line_is_parsed_or_refused_on_its_own() -> None:
+    assert _parse_lines([b'{"response":"a"}', b""]) == ([{"response": "a"}], None)
+    objects, failure = _parse_lines([b"[1]"])
+    assert objects == [] and isinstance(failure, errors.BackendStreamError)
+    objects, failure = _parse_lines([b'{"response":"a"},{"response":"b"}'])
+    assert objects == [] and isinstance(failure, errors.BackendStreamError)
