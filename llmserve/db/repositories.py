@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, SettingRecord, utcnow
@@ -14,8 +14,12 @@ from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, Sett
 ACTIVE_MODEL_KEY = "active_model"
 
 
+def setting_query(key: str) -> Select[tuple[str]]:
+    return select(SettingRecord.value).where(SettingRecord.key == key)
+
+
 def get_setting(session: Session | Connection, key: str) -> str | None:
-    return session.scalar(select(SettingRecord.value).where(SettingRecord.key == key))
+    return session.scalar(setting_query(key))
 
 
 def set_setting(session: Session, key: str, value: str) -> None:
@@ -123,13 +127,12 @@ def api_key_rows(connection: Connection) -> list[Row[Any]]:
     return list(connection.execute(select(table).order_by(table.c.id)))
 
 
-def api_keys_fingerprint(connection: Connection) -> tuple[int, int, int]:
+def api_keys_fingerprint_query() -> Select[tuple[int, int, int]]:
     """Changes whenever a key is created, deleted or revoked: (count, highest id, revoked)."""
     table = ApiKeyRecord.__table__
-    row = connection.execute(
-        select(func.count(), func.coalesce(func.max(table.c.id), 0), func.count(table.c.revoked_at))
-    ).one()
-    return (int(row[0]), int(row[1]), int(row[2]))
+    return select(
+        func.count(), func.coalesce(func.max(table.c.id), 0), func.count(table.c.revoked_at)
+    )
 
 
 def touch_api_keys(session: Session, last_used: Mapping[int, datetime]) -> None:

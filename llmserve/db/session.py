@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -40,6 +40,12 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def compiled(engine: Engine, statement: Executable) -> str:
+    """``statement`` as SQL text for ``engine``'s dialect, its values written in (only for
+    statements whose values are the program's own constants, never user input)."""
+    return str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+
+
 class HeldConnection:
     """One autocommit connection kept open for a background poller.
 
@@ -65,6 +71,24 @@ class HeldConnection:
             except BaseException:
                 self._drop()
                 raise
+
+    def first_row(self, sql: str) -> tuple[Any, ...] | None:
+        """The first row of ``sql`` (see :func:`compiled`), run on the driver's own cursor.
+
+        SQLAlchemy's execute costs ~200 µs of CPU per statement even on a held connection (the
+        driver's cursor: ~15 µs); a poll that runs four times a second per server is all
+        overhead, so it skips that layer.
+        """
+
+        def fetch(connection: Connection) -> tuple[Any, ...] | None:
+            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql)
+                return cursor.fetchone()  # type: ignore[no-any-return]
+            finally:
+                cursor.close()
+
+        return self.run(fetch)
 
     def close(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve.db import repositories
-from llmserve.db.session import HeldConnection
+from llmserve.db.session import HeldConnection, compiled
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ class ActiveModelService:
         self, sessions: sessionmaker[Session], default_model: str, refresh_s: float = 0.5
     ) -> None:
         self._sessions = sessions
-        self._poll = HeldConnection(sessions.kw["bind"])
+        engine = sessions.kw["bind"]
+        self._poll = HeldConnection(engine)
+        self._query = compiled(engine, repositories.setting_query(repositories.ACTIVE_MODEL_KEY))
         self._default = default_model
         self._refresh_s = refresh_s
         self._current = default_model
@@ -85,9 +87,8 @@ class ActiveModelService:
         return value
 
     def _read(self) -> str | None:
-        return self._poll.run(
-            lambda connection: repositories.get_setting(connection, repositories.ACTIVE_MODEL_KEY)
-        )
+        row = self._poll.first_row(self._query)
+        return row[0] if row is not None else None
 
     async def _follow(self) -> None:
         while True:

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors
 from llmserve.db import repositories
-from llmserve.db.session import HeldConnection
+from llmserve.db.session import HeldConnection, compiled
 from llmserve.db.tables import ApiKeyRecord
 
 log = logging.getLogger(__name__)
@@ -75,14 +74,22 @@ def _hash(salt: bytes, key: str) -> bytes:
     return hashlib.sha256(salt + key.encode()).digest()
 
 
+#: How often a server writes its keys' ``last_used_at`` (and at shutdown): it answers "when was this
+#: key last used", where ten seconds make no difference.
+USED_WRITE_S = 10.0
+
+
 class KeyService:
     def __init__(self, sessions: sessionmaker[Session], refresh_s: float = 0.5) -> None:
         self._sessions = sessions
         self._refresh_s = refresh_s
-        self._poll = HeldConnection(sessions.kw["bind"])
+        engine = sessions.kw["bind"]
+        self._poll = HeldConnection(engine)
+        self._fingerprint_sql = compiled(engine, repositories.api_keys_fingerprint_query())
         self._fingerprint: tuple[int, int, int] | None = None
         self._by_prefix: dict[str, _CachedKey] = {}
         self._used: dict[int, datetime] = {}
+        self._used_written = time.monotonic()
         self._lookups: collections.deque[float] = collections.deque()
         self._reload_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -153,7 +160,7 @@ class KeyService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.reload()  # writes the last batch of last_used_at
+        await self.reload(write_used=True)  # the last batch of last_used_at
         self._poll.close()
 
     async def authenticate(self, key: str | None) -> Principal:
@@ -176,9 +183,14 @@ class KeyService:
         self._used[cached.principal.key_id] = now
         return cached.principal
 
-    async def reload(self) -> None:
+    async def reload(self, *, write_used: bool = False) -> None:
+        """Follow key changes; every ``USED_WRITE_S`` (or with ``write_used``) also write the
+        batched ``last_used_at`` (a transaction, so not on every poll)."""
         async with self._reload_lock:
-            used, self._used = self._used, {}
+            used: dict[int, datetime] = {}
+            if write_used or time.monotonic() - self._used_written >= USED_WRITE_S:
+                used, self._used = self._used, {}
+                self._used_written = time.monotonic()
             try:
                 loaded = await asyncio.to_thread(self._load, used)
             except SQLAlchemyError as exc:
@@ -221,17 +233,13 @@ class KeyService:
             with self._sessions.begin() as session:
                 repositories.touch_api_keys(session, used)
 
-        def read(connection: Connection) -> tuple[tuple[int, int, int], list[Any]] | None:
-            fingerprint = repositories.api_keys_fingerprint(connection)
-            if fingerprint == self._fingerprint:
-                return None
-            return fingerprint, repositories.api_key_rows(connection)
-
-        changed = self._poll.run(read)
-        if changed is None:
+        row = self._poll.first_row(self._fingerprint_sql)
+        fingerprint = tuple(int(value) for value in row) if row is not None else None
+        if fingerprint == self._fingerprint:
             return None
-        self._fingerprint = changed[0]
-        return {row.prefix: _cached(row) for row in changed[1]}
+        keys = self._poll.run(repositories.api_key_rows)
+        self._fingerprint = fingerprint
+        return {key.prefix: _cached(key) for key in keys}
 
     async def _follow(self) -> None:
         while True:
