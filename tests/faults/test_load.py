@@ -59,11 +59,15 @@ def _wait_state(
     return state
 
 
-def _prove_slots_free(server: ServerProcess, ollama: OllamaDouble, slots: int) -> None:
-    """All ``slots`` can run at once (none leaked), then nothing is left running or queued."""
+def _prove_slots_free(server: ServerProcess, ollama: OllamaDouble, slots: int) -> list[str]:
+    """All ``slots`` can run at once (none leaked), then nothing is left running or queued.
+
+    Returns the request ids of the ``slots`` requests it made."""
     assert _wait_state(server, (0, 0)) == (0, 0)
     ollama.default_script = Script(tokens=["x"] * 4, delay_s=0.25)
     before = len(ollama.generations)
+
+    ids: list[str] = []
 
     async def hold_all() -> list[int]:
         statuses: list[int] = []
@@ -72,6 +76,7 @@ def _prove_slots_free(server: ServerProcess, ollama: OllamaDouble, slots: int) -
             async def one() -> None:
                 response = await client.post(GENERATE, json={"prompt": "slot"})
                 statuses.append(response.status_code)
+                ids.append(response.headers["x-request-id"])
 
             async with anyio.create_task_group() as group:
                 for _ in range(slots):
@@ -83,6 +88,7 @@ def _prove_slots_free(server: ServerProcess, ollama: OllamaDouble, slots: int) -
 
     assert anyio.run(hold_all) == [200] * slots
     assert _wait_state(server, (0, 0)) == (0, 0)
+    return ids
 
 
 # -- 64 clients -----------------------------------------------------------------------------------
@@ -108,6 +114,7 @@ async def test_64_streaming_clients(
     statuses: collections.Counter[int] = collections.Counter()
     latencies: list[float] = []
     broken: list[str] = []
+    ids: list[str] = []
     tokens = 0
     stop_at = time.monotonic() + DURATION_S
 
@@ -121,6 +128,7 @@ async def test_64_streaming_clients(
                 body = (await response.aread()).decode()
             latencies.append(time.monotonic() - started)
             statuses[response.status_code] += 1
+            ids.append(response.headers["x-request-id"])
             if response.status_code == 200:
                 events = parse_sse(body)
                 if not body.endswith("data: {}\n\n") or len(events) != len(TOKENS) + 1:
@@ -149,16 +157,20 @@ async def test_64_streaming_clients(
     assert set(statuses) <= {200, 429}, statuses
     assert not broken, broken[:3]
 
-    await anyio.to_thread.run_sync(_prove_slots_free, load_server, ollama, SLOTS)
-    # One row per answered request (a 429 is a "rejected" row), plus the slot proof's.
+    ids += await anyio.to_thread.run_sync(_prove_slots_free, load_server, ollama, SLOTS)
+    # One row per answered request (a 429 is a "rejected" row), plus the slot proof's; found by
+    # request id, since the previous test's server may still be writing its last row.
     expected = requests + SLOTS
-    logged = await anyio.to_thread.run_sync(lambda: rows(db_url, expected, timeout=10))
+    assert len(set(ids)) == expected
+    logged = await anyio.to_thread.run_sync(
+        lambda: rows(db_url, expected, timeout=10, request_ids=ids)
+    )
     await anyio.sleep(0.5)
-    late = await anyio.to_thread.run_sync(lambda: rows(db_url, expected))
+    late = await anyio.to_thread.run_sync(lambda: rows(db_url, request_ids=ids))
+    assert len(late) == len(logged) == expected
     assert collections.Counter(row.status for row in late) == collections.Counter(
         ok=statuses[200] + SLOTS, rejected=statuses[429]
-    ), [(row.status, row.route, row.error) for row in late[len(logged) :]]
-    assert len(late) == len(logged) == expected
+    )
 
 
 # -- every way out frees its slot -----------------------------------------------------------------
