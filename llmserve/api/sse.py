@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -65,7 +65,8 @@ def token_event(text: str) -> bytes:
 class EventStream(Response):
     """Streams pre-framed SSE chunks from ``chunks`` with pings and disconnect handling.
 
-    ``on_close`` runs when the stream ends for any reason (finished, failed, client left).
+    The start and the first chunk go out from the request's task (the generation routes have
+    read the first output already, so it is there at once); the rest from a task of its own.
     """
 
     media_type = "text/event-stream"
@@ -88,26 +89,32 @@ class EventStream(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The chunks are sent from a task of their own. Awaiting them here instead would suspend
-        # and resume the whole ASGI stack (~20 coroutine frames: uvicorn, Starlette, FastAPI,
-        # every middleware) once per chunk; a task of its own resumes only its own few frames.
-        # Per token at 20 ms/token that was most of llmserve's CPU.
+        # After the first chunk, chunks are sent from a task of their own. Awaiting them here
+        # would suspend and resume the whole ASGI stack (~20 coroutine frames: uvicorn,
+        # Starlette, FastAPI, every middleware) once per chunk; a task of its own resumes only
+        # its own few frames. Per token at 20 ms/token that was most of llmserve's CPU.
         this = asyncio.current_task()
         assert this is not None
+        loop = asyncio.get_running_loop()
+        chunks = self._chunks
+        interval = self._ping_interval
         last_sent = time.monotonic()
         client_left = False
         finished = False
-
         # Every middleware looks only at the response's start; the body goes to the send
         # beneath them (one call per chunk instead of five).
         send_body = scope.get(BODY_SEND, send)
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        ended = False
 
         async def pump() -> None:
             nonlocal last_sent, finished
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self._chunks:
-                last_sent = time.monotonic()
-                await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not ended:
+                async for chunk in chunks:
+                    last_sent = time.monotonic()
+                    await send_body(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
             finished = True
             await send_body({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -118,23 +125,43 @@ class EventStream(Response):
                 if message["type"] == "http.disconnect":
                     if not finished:
                         client_left = True
-                        sender.cancel()
+                        (sender or this).cancel()
                     return
 
-        async def ping() -> None:
-            nonlocal last_sent
-            interval = self._ping_interval
-            while True:
-                await asyncio.sleep(max(0.0, last_sent + interval - time.monotonic()))
-                if time.monotonic() - last_sent >= interval:
-                    last_sent = time.monotonic()
-                    await send_body({"type": "http.response.body", "body": PING, "more_body": True})
+        pings: set[asyncio.Future[None]] = set()
 
-        sender = asyncio.ensure_future(pump())
+        def ping_due() -> None:
+            # A timer, not a task: a task only for the rare ping that actually goes out.
+            nonlocal ping_timer, last_sent
+            if finished:
+                return
+            wait = last_sent + interval - time.monotonic()
+            if wait <= 0:
+                last_sent = time.monotonic()
+                ping = asyncio.ensure_future(
+                    send_body({"type": "http.response.body", "body": PING, "more_body": True})
+                )
+                pings.add(ping)
+                ping.add_done_callback(_forget(pings))
+                wait = interval
+            ping_timer = loop.call_later(wait, ping_due)
+
+        sender: asyncio.Task[None] | None = None
         watcher = asyncio.ensure_future(watch_disconnect())
-        pinger = asyncio.ensure_future(ping())
+        ping_timer = loop.call_later(interval, ping_due)
         shut_down = False
         try:
+            # Sent now, from this task: a new task would first wait its turn behind every
+            # other request that is ready to run (under load they arrive together).
+            await send(start)
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                ended = True
+            else:
+                last_sent = time.monotonic()
+                await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
+            sender = asyncio.ensure_future(pump())
             # Cancelling this task (the shutdown grace period ran out) cancels ``sender`` too.
             await sender
         except asyncio.CancelledError:
@@ -147,18 +174,28 @@ class EventStream(Response):
             log.debug("client connection broke mid-stream")
         finally:
             finished = True
-            sender.cancel()
-            watcher.cancel()
-            pinger.cancel()
+            ping_timer.cancel()
+            tasks = [watcher, *pings] if sender is None else [watcher, sender, *pings]
+            for task in tasks:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(sender, watcher, pinger, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await self._chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()  # type: ignore[attr-defined]
         if shut_down:
             # End the response properly, so the client reads why instead of a broken stream.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await send({"type": "http.response.body", "body": SHUTDOWN, "more_body": False})
+
+
+def _forget(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(future: asyncio.Future[None]) -> None:
+        pending.discard(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: a ping to a client that left is not worth a warning
+
+    return done
 
 
 async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
