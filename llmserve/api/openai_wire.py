@@ -49,6 +49,7 @@ from llmserve.api.openai_schemas import (
     CompletionChoice,
     CompletionUsage,
 )
+from llmserve.api.sse import Final
 from llmserve.domain import GenerationResult, Usage
 from llmserve.services.generation import Generation
 
@@ -284,21 +285,27 @@ class CompletionChunks(ChunkEncoder):
 
 async def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIterator[bytes]:
     """The SSE events of one generation in OpenAI's format; closes the generation at the end."""
+    last = b""  # the batch that completed the output, sent with the tail (see generation_events)
     try:
         start = chunks.start()
         if start is not None:
             yield start
         async for batch in generation.batches():
-            yield b"".join([chunks.text(piece) for piece in batch])
-        yield chunks.finish(finish_reason(generation.result))
+            chunk = b"".join([chunks.text(piece) for piece in batch])
+            if generation.result is not None:
+                last = chunk
+                continue
+            yield chunk
+        tail = [last, chunks.finish(finish_reason(generation.result))]
         if chunks.include_usage:
             result = generation.result or GenerationResult()
-            yield chunks.usage(result.usage)
-        yield DONE
+            tail.append(chunks.usage(result.usage))
+        yield Final(b"".join([*tail, DONE]))
     except errors.LlmserveError as exc:
-        yield error_event(exc)
+        yield Final(last + error_event(exc))
     except Exception as exc:
         log.exception("generation failed mid-stream")
-        yield error_event(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
+        error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
+        yield Final(last + error_event(error))
     finally:
         await generation.aclose()

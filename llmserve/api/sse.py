@@ -62,6 +62,12 @@ def token_event(text: str) -> bytes:
     return b'data: {"response":' + orjson.dumps(text) + b"}\n\n"
 
 
+class Final(bytes):
+    """A stream's last chunk: it goes out together with the response's end, in one write."""
+
+    __slots__ = ()
+
+
 class EventStream(Response):
     """Streams pre-framed SSE chunks from ``chunks`` with pings and disconnect handling.
 
@@ -105,16 +111,16 @@ class EventStream(Response):
         # beneath them (one call per chunk instead of five).
         send_body = scope.get(BODY_SEND, send)
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        ended = False
 
         async def pump() -> None:
             nonlocal last_sent, finished
-            if not ended:
-                async for chunk in chunks:
-                    last_sent = time.monotonic()
-                    await send_body(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
+            async for chunk in chunks:
+                last_sent = time.monotonic()
+                if type(chunk) is Final:
+                    finished = True
+                    await send_body({"type": "http.response.body", "body": chunk})
+                    return
+                await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
             finished = True
             await send_body({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -154,16 +160,16 @@ class EventStream(Response):
             # Sent now, from this task: a new task would first wait its turn behind every
             # other request that is ready to run (under load they arrive together).
             await send(start)
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                ended = True
+            chunk = await anext(chunks, None)
+            if chunk is None or type(chunk) is Final:  # the whole stream at once: no task
+                finished = True
+                await send_body({"type": "http.response.body", "body": chunk or b""})
             else:
                 last_sent = time.monotonic()
                 await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
-            sender = asyncio.ensure_future(pump())
-            # Cancelling this task (the shutdown grace period ran out) cancels ``sender`` too.
-            await sender
+                sender = asyncio.ensure_future(pump())
+                # Cancelling this task (shutdown grace period ran out) cancels ``sender`` too.
+                await sender
         except asyncio.CancelledError:
             # The client left (the generator's finally has closed the upstream request), or the
             # server cancelled us.
@@ -199,19 +205,29 @@ def _forget(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None
 
 
 async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end."""
+    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end.
+
+    The batch that ends the output (its final line came with it) is held back and sent with
+    ``data: {}`` as the :class:`Final` chunk: a burst is one write, not three.
+    """
+    last = b""
     try:
         async for batch in generation.batches():
             if len(batch) == 1:
-                yield token_event(batch[0])
+                chunk = token_event(batch[0])
             else:
-                yield b"".join([token_event(piece) for piece in batch])
-        yield END
+                chunk = b"".join([token_event(piece) for piece in batch])
+            if generation.result is not None:
+                last = chunk  # the output is complete: this loop ends without waiting
+                continue
+            yield chunk
+        yield Final(last + END)
     except errors.LlmserveError as exc:
         log.warning("stream ended with %s: %s", exc.code, exc.detail)
-        yield error_event(exc)
+        yield Final(last + error_event(exc))
     except Exception as exc:
         log.exception("generation failed mid-stream")
-        yield error_event(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
+        error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
+        yield Final(last + error_event(error))
     finally:
         await generation.aclose()
