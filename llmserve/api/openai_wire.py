@@ -296,16 +296,17 @@ async def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIt
                 last = chunk
                 continue
             yield chunk
-        tail = [last, chunks.finish(finish_reason(generation.result))]
+        parts = [last, chunks.finish(finish_reason(generation.result))]
         if chunks.include_usage:
             result = generation.result or GenerationResult()
-            tail.append(chunks.usage(result.usage))
-        yield Final(b"".join([*tail, DONE]))
+            parts.append(chunks.usage(result.usage))
+        tail = b"".join([*parts, DONE])
     except errors.LlmserveError as exc:
-        yield Final(last + error_event(exc))
+        tail = last + error_event(exc)
     except Exception as exc:
         log.exception("generation failed mid-stream")
         error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
-        yield Final(last + error_event(error))
+        tail = last + error_event(error)
     finally:
-        await generation.aclose()
+        await generation.aclose()  # before the last write, as in ``generation_events``
+    yield Final(tail)

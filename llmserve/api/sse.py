@@ -208,7 +208,9 @@ async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
     """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end.
 
     The batch that ends the output (its final line came with it) is held back and sent with
-    ``data: {}`` as the :class:`Final` chunk: a burst is one write, not three.
+    ``data: {}`` as the :class:`Final` chunk: a burst is one write, not three. The generation
+    is closed (slot freed, row logged) before that last write, so the client sees the end of a
+    request whose bookkeeping is done (its next request does not queue behind it).
     """
     last = b""
     try:
@@ -221,13 +223,14 @@ async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
                 last = chunk  # the output is complete: this loop ends without waiting
                 continue
             yield chunk
-        yield Final(last + END)
+        tail = last + END
     except errors.LlmserveError as exc:
         log.warning("stream ended with %s: %s", exc.code, exc.detail)
-        yield Final(last + error_event(exc))
+        tail = last + error_event(exc)
     except Exception as exc:
         log.exception("generation failed mid-stream")
         error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
-        yield Final(last + error_event(error))
+        tail = last + error_event(error)
     finally:
         await generation.aclose()
+    yield Final(tail)

@@ -40,7 +40,12 @@ class _Generation:
 
 
 async def _collect(generation: _Generation) -> list[bytes]:
-    return [chunk async for chunk in generation_events(generation)]  # type: ignore[arg-type]
+    chunks = []
+    async for chunk in generation_events(generation):  # type: ignore[arg-type]
+        # Closed (slot freed, row logged) exactly when the last chunk is handed over.
+        assert generation.closed == (type(chunk) is Final)
+        chunks.append(chunk)
+    return chunks
 
 
 def test_the_batch_that_completes_the_output_goes_out_with_the_end() -> None:
