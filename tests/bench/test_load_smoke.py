@@ -54,3 +54,31 @@ def test_load_quick_prints_every_row() -> None:
         assert c[3] == "0", c  # errors
     assert "llmserve RSS" in result.stdout
     assert "request-log rows in the database" in result.stdout
+
+
+@pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
+def test_ab_runs_two_checkouts_side_by_side() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ab.py"),
+            "--a",
+            str(ROOT),
+            "--stream",
+            "--segment",
+            "0.2",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+    assert [c[0] for c in cells] == ["A", "B", "B", "A", "A median", "B median"]
+    for c in cells[:4]:
+        assert int(c[2]) > 0 and c[3] == "0", c  # requests, errors
+    assert all(float(c[6]) > 0 for c in cells[4:])  # a median time to first token
