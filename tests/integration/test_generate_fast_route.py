@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from llmserve.api.routes import generate
+from llmserve.api.schemas import GenerateResponse
 from tests.fakes.ollama_double import OllamaDouble, Script
 
 URL = "/api/v1/generate"
@@ -119,3 +120,17 @@ def test_the_door_counts_under_the_route_in_metrics(
     metrics = client.get("/metrics").text
     line = 'llmserve_http_requests_total{route="/api/v1/generate",status="200"} 1.0'
     assert line in metrics
+
+
+def test_the_whole_answer_is_byte_for_byte_the_schemas_json(
+    client: TestClient, ollama: OllamaDouble
+) -> None:
+    # Encoded without building GenerateResponse (orjson): same bytes as the model would give,
+    # for text that needs escaping and text that does not.
+    ollama.default_script = Script(tokens=['He said "hi"\n', "naïve ", "東京 ", "\\ 🎉", "\t</b>"])
+    response = client.post(URL, json={"prompt": "hi"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == JSON
+    model = GenerateResponse.model_validate_json(response.content)
+    assert response.content == model.model_dump_json().encode()
+    assert model.response == 'He said "hi"\nnaïve 東京 \\ 🎉\t</b>'

@@ -10,6 +10,7 @@ solving, body parsing in Python, exception wrappers) was a quarter of a request'
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -19,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmserve import errors
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.errors import error_response
-from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse, Usage
+from llmserve.api.request_id import BODY_SEND
+from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from llmserve.api.sse import EventStream, generation_events
 
 router = APIRouter(prefix="/api/v1", tags=["generate"])
@@ -75,16 +77,28 @@ async def answer(body: GenerateRequest, scope: Scope, receive: Receive) -> ASGIA
         )
     result = generation.result
     assert result is not None
-    payload = GenerateResponse(
-        response=text,
-        model=generation.model,
-        done_reason=result.done_reason,
-        usage=Usage(
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-        ),
-    )
-    return Response(payload.model_dump_json(), media_type="application/json")
+    # GenerateResponse's fields, in its order, encoded without building the model.
+    payload = {
+        "response": text,
+        "model": generation.model,
+        "done_reason": result.done_reason,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+        },
+    }
+    return JsonAnswer(orjson.dumps(payload))
+
+
+class JsonAnswer(Response):
+    """A JSON body whose bytes go to the send beneath the middlewares (see ``api/sse.py``)."""
+
+    media_type = "application/json"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        await send(start)
+        await scope.get(BODY_SEND, send)({"type": "http.response.body", "body": self.body})
 
 
 _JSON = (b"application/json", b"application/json; charset=utf-8")
