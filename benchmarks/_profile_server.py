@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ADMIN_URL, benchmark_database, server_env, setup_logging
-from benchmarks.load import MODEL, LoadGen, create_key, double_process
+from benchmarks._common import ADMIN_URL, benchmark_database, setup_logging
+from benchmarks.load import LoadGen, bench_server_env, create_key, double_process
 from tests._server import ServerProcess, _wait_healthy, free_port
 
 
@@ -52,15 +52,7 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         prof = Path(args.out) if args.out else tmp / "server.prof"
         port = free_port()
-        env = server_env(
-            DATABASE_URL=url,
-            OLLAMA_BASE_URL=double_url,
-            BUILT_IN_OLLAMA_MODEL=MODEL,
-            AUTH_REQUIRED="true",
-            MAX_CONCURRENT_GENERATIONS="64",
-            MAX_QUEUED_GENERATIONS="256",
-            HOST_BIND_IP="127.0.0.1",
-        )
+        env = bench_server_env(url, double_url, HOST_BIND_IP="127.0.0.1")
         log_path = tmp / "server.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

@@ -25,8 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ADMIN_URL, benchmark_database, print_table, server_env, setup_logging
-from benchmarks.load import MODEL, TOKENS, LoadGen, cpu_seconds, create_key, double_process
+from benchmarks._common import ADMIN_URL, benchmark_database, print_table, setup_logging
+from benchmarks.load import (
+    TOKENS,
+    LoadGen,
+    bench_server_env,
+    cpu_seconds,
+    create_key,
+    double_process,
+)
 from tests._server import running_server
 
 
@@ -57,15 +64,7 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         servers = {}
         for name, root in checkouts.items():
-            env = server_env(
-                DATABASE_URL=database_url,
-                OLLAMA_BASE_URL=double_url,
-                BUILT_IN_OLLAMA_MODEL=MODEL,
-                AUTH_REQUIRED="true",
-                MAX_CONCURRENT_GENERATIONS="64",
-                MAX_QUEUED_GENERATIONS="256",
-                PYTHONPATH=root,
-            )
+            env = bench_server_env(database_url, double_url, PYTHONPATH=root)
             servers[name] = stack.enter_context(running_server(env, tmp))
         gen = LoadGen()
         stack.callback(gen.close)

@@ -175,6 +175,22 @@ class LoadGen:
         self.proc.wait(10)
 
 
+def bench_server_env(
+    database_url: str, double_url: str, *, max_concurrent: int = 64, **extra: str
+) -> dict[str, str]:
+    """``llmserve serve``'s environment in every load benchmark: auth on, request log on, and
+    admission control wide enough to admit the whole load."""
+    return server_env(
+        DATABASE_URL=database_url,
+        OLLAMA_BASE_URL=double_url,
+        BUILT_IN_OLLAMA_MODEL=MODEL,
+        AUTH_REQUIRED="true",
+        MAX_CONCURRENT_GENERATIONS=str(max_concurrent),
+        MAX_QUEUED_GENERATIONS="256",
+        **extra,
+    )
+
+
 def create_key(database_url: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "llmserve", "keys", "create", "bench"],
@@ -341,14 +357,7 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         servers: dict[str, ServerProcess] = {}
         for kind, (_, url) in doubles.items():
-            env = server_env(
-                DATABASE_URL=database_url,
-                OLLAMA_BASE_URL=url,
-                BUILT_IN_OLLAMA_MODEL=MODEL,
-                AUTH_REQUIRED="true",
-                MAX_CONCURRENT_GENERATIONS=str(args.max_concurrent),
-                MAX_QUEUED_GENERATIONS="256",
-            )
+            env = bench_server_env(database_url, url, max_concurrent=args.max_concurrent)
             servers[kind] = stack.enter_context(running_server(env, tmp))
         for kind, (_, url) in doubles.items():
             check_answers(url, servers[kind].base_url, key)

@@ -34,10 +34,10 @@ def _postgres_up() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
-def test_load_quick_prints_every_row() -> None:
+def _table(script: str, *args: str) -> tuple[str, list[list[str]]]:
+    """Run a benchmark; its stdout and the cells of its table's rows."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "load.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -45,39 +45,25 @@ def test_load_quick_prints_every_row() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+    return result.stdout, [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+
+
+@pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
+def test_load_quick_prints_every_row() -> None:
+    stdout, cells = _table("load.py", "--quick")
     assert [(c[0], c[1]) for c in cells] == [
         (name, side) for name in SCENARIOS for side in ("direct", "llmserve")
     ]
     for c in cells:
         assert int(c[2]) > 0, c  # requests
         assert c[3] == "0", c  # errors
-    assert "llmserve RSS" in result.stdout
-    assert "request-log rows in the database" in result.stdout
+    assert "llmserve RSS" in stdout
+    assert "request-log rows in the database" in stdout
 
 
 @pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
 def test_ab_runs_two_checkouts_side_by_side() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "ab.py"),
-            "--a",
-            str(ROOT),
-            "--stream",
-            "--segment",
-            "0.2",
-            "--rounds",
-            "2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+    _, cells = _table("ab.py", "--a", str(ROOT), "--stream", "--segment", "0.2", "--rounds", "2")
     assert [c[0] for c in cells] == ["A", "B", "B", "A", "A median", "B median"]
     for c in cells[:4]:
         assert int(c[2]) > 0 and c[3] == "0", c  # requests, errors
