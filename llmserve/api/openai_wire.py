@@ -27,7 +27,6 @@ parts of a chunk are encoded once per stream.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -49,11 +48,9 @@ from llmserve.api.openai_schemas import (
     CompletionChoice,
     CompletionUsage,
 )
-from llmserve.api.sse import Final
+from llmserve.api.sse import framed_events
 from llmserve.domain import GenerationResult, Usage
 from llmserve.services.generation import Generation
-
-log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 _HOLE = "\x00llmserve-hole\x00"  # stands for the per-fragment text while templates are encoded
@@ -283,30 +280,19 @@ class CompletionChunks(ChunkEncoder):
         return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
 
 
-async def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIterator[bytes]:
+def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIterator[bytes]:
     """The SSE events of one generation in OpenAI's format; closes the generation at the end."""
-    last = b""  # the batch that completed the output, sent with the tail (see generation_events)
-    try:
-        start = chunks.start()
-        if start is not None:
-            yield start
-        async for batch in generation.batches():
-            chunk = b"".join([chunks.text(piece) for piece in batch])
-            if generation.result is not None:
-                last = chunk
-                continue
-            yield chunk
-        parts = [last, chunks.finish(finish_reason(generation.result))]
+
+    def tail() -> bytes:
+        parts = [chunks.finish(finish_reason(generation.result))]
         if chunks.include_usage:
-            result = generation.result or GenerationResult()
-            parts.append(chunks.usage(result.usage))
-        tail = b"".join([*parts, DONE])
-    except errors.LlmserveError as exc:
-        tail = last + error_event(exc)
-    except Exception as exc:
-        log.exception("generation failed mid-stream")
-        error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
-        tail = last + error_event(error)
-    finally:
-        await generation.aclose()  # before the last write, as in ``generation_events``
-    yield Final(tail)
+            parts.append(chunks.usage((generation.result or GenerationResult()).usage))
+        return b"".join([*parts, DONE])
+
+    return framed_events(
+        generation,
+        encode=lambda batch: b"".join([chunks.text(piece) for piece in batch]),
+        tail=tail,
+        head=chunks.start(),
+        error=error_event,
+    )

@@ -204,33 +204,48 @@ def _forget(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None
     return done
 
 
-async def generation_events(generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end.
+def generation_events(generation: Generation) -> AsyncIterator[bytes]:
+    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end."""
+    return framed_events(generation, encode=_token_events, tail=lambda: END)
 
-    The batch that ends the output (its final line came with it) is held back and sent with
-    ``data: {}`` as the :class:`Final` chunk: a burst is one write, not three. The generation
-    is closed (slot freed, row logged) before that last write, so the client sees the end of a
-    request whose bookkeeping is done (its next request does not queue behind it).
+
+def _token_events(batch: list[str]) -> bytes:
+    return token_event(batch[0]) if len(batch) == 1 else b"".join(map(token_event, batch))
+
+
+async def framed_events(
+    generation: Generation,
+    *,
+    encode: Callable[[list[str]], bytes],
+    tail: Callable[[], bytes],
+    head: bytes | None = None,
+    error: Callable[[errors.LlmserveError], bytes] = error_event,
+) -> AsyncIterator[bytes]:
+    """A generation's SSE chunks: ``head``, one ``encode(batch)`` per batch, then ``tail()``
+    (or ``error(exc)``); closes the generation at the end. Used by both APIs.
+
+    The batch that ends the output (its final line came with it) is held back and sent with the
+    tail as the :class:`Final` chunk: a burst is one write, not three. The generation is closed
+    (slot freed, row logged) before that last write, so the client sees the end of a request
+    whose bookkeeping is done (its next request does not queue behind it).
     """
     last = b""
     try:
+        if head is not None:
+            yield head
         async for batch in generation.batches():
-            if len(batch) == 1:
-                chunk = token_event(batch[0])
-            else:
-                chunk = b"".join([token_event(piece) for piece in batch])
+            chunk = encode(batch)
             if generation.result is not None:
                 last = chunk  # the output is complete: this loop ends without waiting
                 continue
             yield chunk
-        tail = last + END
+        end = last + tail()
     except errors.LlmserveError as exc:
         log.warning("stream ended with %s: %s", exc.code, exc.detail)
-        tail = last + error_event(exc)
+        end = last + error(exc)
     except Exception as exc:
         log.exception("generation failed mid-stream")
-        error = errors.LlmserveError(f"internal error: {exc.__class__.__name__}")
-        tail = last + error_event(error)
+        end = last + error(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
     finally:
         await generation.aclose()
-    yield Final(tail)
+    yield Final(end)
