@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
-from llmserve.db import repositories
-from llmserve.db.session import make_engine, make_sessions
+from llmserve.db import migrate, repositories
+from llmserve.db.session import HeldConnection, compiled, make_engine, make_sessions
 from llmserve.db.tables import SettingRecord
+from llmserve.services.keys import KeyService
 
 
 def test_concurrent_writers_leave_exactly_one_complete_row(db_url: str) -> None:
@@ -30,3 +33,33 @@ def test_concurrent_writers_leave_exactly_one_complete_row(db_url: str) -> None:
     with sessions() as session:
         assert repositories.get_setting(session, repositories.ACTIVE_MODEL_KEY) == "last:latest"
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_the_polls_driver_level_reads_follow_writes_on_both_databases(
+    dialect: str, db_url: str, tmp_path: Path
+) -> None:
+    """The background polls' statements, compiled once and run on the driver's cursor, read what
+    the ORM writes: the active model, and a key fingerprint that changes on create and revoke."""
+    url = db_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'poll.db'}"
+    if dialect == "sqlite":
+        migrate.upgrade(url)
+    engine = make_engine(url)
+    sessions = make_sessions(engine)
+    held = HeldConnection(engine)
+    setting = compiled(engine, repositories.setting_query(repositories.ACTIVE_MODEL_KEY))
+    fingerprint = compiled(engine, repositories.api_keys_fingerprint_query())
+    try:
+        assert held.first_row(setting) is None
+        assert tuple(held.first_row(fingerprint) or ()) == (0, 0, 0)
+        with sessions.begin() as session:
+            repositories.set_setting(session, repositories.ACTIVE_MODEL_KEY, "qwen2.5:0.5b")
+        assert held.first_row(setting) == ("qwen2.5:0.5b",)
+        keys = KeyService(sessions)
+        _, record = keys.create("poller", actor="test")
+        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 0)
+        keys.revoke("poller", actor="test")
+        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 1)
+    finally:
+        held.close()
+        engine.dispose()

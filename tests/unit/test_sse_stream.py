@@ -108,3 +108,29 @@ def test_a_stream_without_a_final_chunk_ends_with_an_empty_message() -> None:
     messages = asyncio.run(_send_all([b"data: 1\n\n", b"data: 2\n\n"]))
     assert _bodies(messages) == [(b"data: 1\n\n", True), (b"data: 2\n\n", True), (b"", False)]
     assert _bodies(asyncio.run(_send_all([]))) == [(b"", False)]
+
+
+def test_pings_go_out_while_nothing_else_does_and_stop_with_the_stream() -> None:
+    async def run() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def slow() -> AsyncIterator[bytes]:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(0.35)  # three ping intervals with nothing to send
+            yield Final(b"data: 2\n\n")
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await EventStream(slow(), ping_interval=0.1)({"type": "http"}, receive, send)
+        await asyncio.sleep(0.25)  # no timer may fire after the end
+        return sent
+
+    bodies = _bodies(asyncio.run(run()))
+    assert bodies[0] == (b"data: 1\n\n", True) and bodies[-1] == (b"data: 2\n\n", False)
+    pings = bodies[1:-1]
+    assert 1 <= len(pings) <= 4 and set(pings) == {(b": ping\n\n", True)}
