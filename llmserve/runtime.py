@@ -24,7 +24,9 @@ from llmserve.db.session import make_engine, make_sessions
 from llmserve.metrics import Metrics
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
+from llmserve.services.embeddings import EmbeddingService
 from llmserve.services.generation import GenerationService
+from llmserve.services.images import ImageFetcher
 from llmserve.services.keys import KeyService
 from llmserve.services.models import ModelService
 from llmserve.services.request_log import RequestLogWriter
@@ -41,6 +43,7 @@ class Runtime:
     active_model: ActiveModelService
     request_log: RequestLogWriter
     generation: GenerationService
+    embeddings: EmbeddingService
     models: ModelService
     keys: KeyService
 
@@ -89,6 +92,12 @@ class Runtime:
             settings.QUEUE_TIMEOUT_S,
         )
         self.metrics.follow_admission(lambda: admission.running, lambda: admission.queued)
+        self.models = ModelService(
+            self.backend,
+            self.active_model,
+            self.sessions,
+            validate_names=settings.LLM_BACKEND == "ollama",
+        )
         self.generation = GenerationService(
             self.backend,
             self.active_model,
@@ -97,12 +106,20 @@ class Runtime:
             max_prompt_chars=settings.MAX_PROMPT_CHARS,
             log_prompts=settings.LOG_PROMPTS,
             metrics=self.metrics,
+            resolve=self.models.resolve,
+            images=ImageFetcher(
+                client, allow_urls=settings.ALLOW_IMAGE_URLS, max_bytes=settings.MAX_IMAGE_BYTES
+            ),
         )
-        self.models = ModelService(
+        self.embeddings = EmbeddingService(
             self.backend,
             self.active_model,
-            self.sessions,
-            validate_names=settings.LLM_BACKEND == "ollama",
+            self.request_log,
+            admission,
+            max_prompt_chars=settings.MAX_PROMPT_CHARS,
+            embedding_model=settings.EMBEDDING_MODEL,
+            resolve=self.models.resolve,
+            metrics=self.metrics,
         )
         stack.push_async_callback(self.models.aclose)
         self.keys = KeyService(self.sessions, settings.ACTIVE_MODEL_REFRESH_S)

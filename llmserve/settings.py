@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     REQUEST_LOG_BUFFER: int = Field(10_000, ge=1)
     REQUEST_LOG_RETENTION_DAYS: int = Field(30, ge=0)
     SHUTDOWN_GRACE_S: float = Field(30.0, ge=0)
+    EMBEDDING_MODEL: str | None = None
+    ALLOW_IMAGE_URLS: bool = False
+    MAX_IMAGE_BYTES: int = Field(20_000_000, ge=1)
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -96,7 +99,13 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value.strip())
 
-    @field_validator("BUILT_IN_OLLAMA_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL", mode="before")
+    @field_validator(
+        "BUILT_IN_OLLAMA_MODEL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "EMBEDDING_MODEL",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

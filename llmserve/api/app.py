@@ -15,7 +15,7 @@ from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.drain import DrainBeforeShutdown
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
-from llmserve.api.routes import generate, health, models, openai
+from llmserve.api.routes import chat, generate, health, models, openai
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
 from llmserve.settings import Settings, load_settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(generate.router)
     generate.install_fast_route(app.router)
+    app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(openai.router)

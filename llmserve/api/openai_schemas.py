@@ -4,31 +4,52 @@ Requests are lenient where OpenAI's clients need it and strict where a silent di
 mislead:
 
 * unknown fields are ignored (SDKs and frameworks send extras such as ``user`` or penalties);
-* parameters llmserve cannot honour (``n > 1``, ``logit_bias``, tools and functions,
-  ``logprobs``, a ``response_format`` other than text, ``best_of``, ``echo``, ``suffix``) are
-  refused with a message that names them. Each check is a field validator, so the error's
-  location *is* the parameter and the envelope's ``param`` says which one (``openai_wire``).
+* parameters llmserve cannot honour (``n > 1``, ``logit_bias``, the legacy ``functions``,
+  ``logprobs``, ``best_of``, ``echo``, ``suffix``) are refused with a message that names them.
+  Each check is a field validator, so the error's location *is* the parameter and the
+  envelope's ``param`` says which one (``openai_wire``).
+
+Chat requests become the core conversation (:meth:`ChatCompletionRequest.to_domain`): content
+parts (text, ``image_url`` with a ``data:`` URL, or an ``http(s)`` URL fetched under
+``ALLOW_IMAGE_URLS``), assistant ``tool_calls`` (arguments: a JSON string of an object), tool
+results, ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Annotated, Any, Literal
 
+from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
+    ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from llmserve.domain import GenerationOptions
-from llmserve.services.chat import SYSTEM_ROLES, ChatMessage
+from llmserve.domain import (
+    GenerationOptions,
+    GenerationRequest,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+from llmserve.domain import Message as CoreMessage
+from llmserve.services.images import base64_of_data_url, is_remote_url
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 def _unsupported(name: str, why: str = "is not supported by this server") -> PydanticCustomError:
@@ -47,10 +68,57 @@ class StreamOptions(_Lenient):
     include_usage: StrictBool = False
 
 
+class ImageUrl(_Lenient):
+    url: str = Field(description="A data: URL (base64), or an http(s) URL (ALLOW_IMAGE_URLS).")
+    detail: str | None = Field(None, description="Accepted and ignored.")
+
+    @field_validator("url")
+    @classmethod
+    def _data_or_http(cls, url: str) -> str:
+        if not url.startswith("data:") and not is_remote_url(url):
+            raise _invalid("an image URL must be a data: URL or an http(s):// URL")
+        return url
+
+
+class ContentPart(_Lenient):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise _invalid("a text content part needs a string 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise _invalid("an image_url content part needs 'image_url': {'url': ...}")
+        return self
+
+
+class FunctionCall(_Lenient):
+    name: str = Field(min_length=1)
+    arguments: str = Field("{}", description="A JSON object, as a string.")
+
+    @field_validator("arguments")
+    @classmethod
+    def _object(cls, text: str) -> str:
+        _arguments(text)
+        return text
+
+
+class ToolCallItem(_Lenient):
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Lenient):
     role: str
-    content: str = Field("", description="A string, or a list of text parts (joined).")
+    content: str | list[ContentPart] | None = Field(
+        None, description="A string, or a list of text and image_url parts."
+    )
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("role")
     @classmethod
@@ -61,23 +129,133 @@ class Message(_Lenient):
 
     @field_validator("content", mode="before")
     @classmethod
-    def _text(cls, content: Any) -> str:
-        if content is None:
-            return ""
-        if isinstance(content, str):
+    def _parts(cls, content: Any) -> Any:
+        """One clear error instead of one per member of the union."""
+        if content is None or isinstance(content, str):
             return content
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise _invalid(f"content parts of type '{kind}' are not supported, only text")
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise _invalid("a text content part needs a string 'text'")
-                texts.append(text)
-            return "".join(texts)
-        raise _invalid("it must be a string or a list of text parts")
+        if not isinstance(content, list):
+            raise _invalid("it must be a string or a list of content parts")
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in ("text", "image_url"):
+                raise _invalid(
+                    f"content parts of type '{kind}' are not supported, only text and image_url"
+                )
+            try:
+                parts.append(ContentPart.model_validate(part))
+            except ValidationError as exc:
+                raise _invalid(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+        return parts
+
+    @model_validator(mode="after")
+    def _fits_role(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise _invalid("only assistant messages may carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise _invalid("a tool message needs the tool_call_id it answers")
+        parts = self.content if isinstance(self.content, list) else []
+        if self.role != "user" and any(part.type != "text" for part in parts):
+            raise _invalid(f"{self.role} messages may hold text parts only")
+        return self
+
+    def to_domain(self, max_image_bytes: int) -> CoreMessage:
+        texts: list[str] = []
+        images: list[str] = []
+        if isinstance(self.content, str):
+            texts.append(self.content)
+        for part in self.content if isinstance(self.content, list) else ():
+            if part.type == "text":
+                texts.append(part.text or "")
+            else:
+                url = part.image_url.url if part.image_url is not None else ""
+                images.append(_image(url, max_image_bytes))
+        calls = tuple(
+            ToolCall(call.id, call.function.name, _arguments(call.function.arguments))
+            for call in self.tool_calls or ()
+        )
+        role = "system" if self.role in SYSTEM_ROLES else self.role
+        return CoreMessage(
+            role,  # type: ignore[arg-type]
+            "".join(texts),
+            images=tuple(images),
+            tool_calls=calls,
+            tool_call_id=self.tool_call_id,
+        )
+
+
+def _image(url: str, max_image_bytes: int) -> str:
+    if url.startswith("data:"):
+        return base64_of_data_url(url, max_image_bytes)  # InvalidRequestError: a 400
+    return url  # http(s): fetched (or refused) by the generation service
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise _invalid("tool call arguments must be a JSON object, as a string") from None
+    if not isinstance(value, dict):
+        raise _invalid("tool call arguments must be a JSON object, as a string")
+    return value
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = None
+
+
+class ToolDefinition(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatParam(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormatParam:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise _invalid("a json_schema response_format needs 'json_schema'")
+        if self.json_schema is not None:
+            try:
+                Draft202012Validator.check_schema(self.json_schema.schema_)
+            except SchemaError as exc:
+                raise _invalid(
+                    f"json_schema.schema is not a valid JSON Schema: {exc.message}"
+                ) from None
+        return self
+
+    def to_domain(self) -> ResponseFormat | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object" or self.json_schema is None:
+            return ResponseFormat("json")
+        return ResponseFormat(
+            "json_schema",
+            schema=self.json_schema.schema_,
+            name=self.json_schema.name,
+            strict=bool(self.json_schema.strict),
+        )
 
 
 class CompletionParams(_Lenient):
@@ -141,11 +319,14 @@ class CompletionParams(_Lenient):
 class ChatCompletionRequest(CompletionParams):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    tools: list[Any] | None = Field(None, description="Not supported.")
-    functions: list[Any] | None = Field(None, description="Not supported.")
-    tool_choice: Any = Field(None, description="Not supported (except 'none').")
-    function_call: Any = Field(None, description="Not supported (except 'none').")
-    response_format: dict[str, Any] | None = Field(None, description="Only {'type': 'text'}.")
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormatParam | None = None
+    functions: list[Any] | None = Field(None, description="Legacy: not supported, use tools.")
+    function_call: Any = Field(None, description="Legacy: not supported, use tool_choice.")
 
     @field_validator("messages")
     @classmethod
@@ -154,30 +335,49 @@ class ChatCompletionRequest(CompletionParams):
             raise _invalid("there must be a user or assistant message")
         return messages
 
-    @field_validator("tools", "functions")
+    @field_validator("functions", "function_call")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None, info: ValidationInfo) -> None:
-        if value:
-            raise _unsupported(str(info.field_name), "(tool calling) is not supported")
+    def _no_functions(cls, value: Any, info: ValidationInfo) -> None:
+        if value not in (None, [], "none", "auto"):
+            raise _unsupported(
+                str(info.field_name), "(the legacy function API) is not supported: use tools"
+            )
 
-    @field_validator("tool_choice", "function_call")
+    @field_validator("tool_choice")
     @classmethod
-    def _no_tool_choice(cls, value: Any, info: ValidationInfo) -> None:
-        if value not in (None, "none", "auto"):
-            raise _unsupported(str(info.field_name), "(tool calling) is not supported")
+    def _choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools") or []
+        named = isinstance(choice, NamedToolChoice)
+        if (named or choice == "required") and not tools:
+            raise _invalid("tool_choice needs tools to choose from")
+        if named and choice.function.name not in {t.function.name for t in tools}:
+            raise _invalid(
+                f"tool_choice names '{choice.function.name}', which is not among the tools"
+            )
+        return choice
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
-            raise _unsupported("response_format", f"of type '{value.get('type')}' is not supported")
-        return value
-
-    def chat_messages(self) -> list[ChatMessage]:
-        return [ChatMessage(m.role, m.content) for m in self.messages]
-
-    def generation_options(self) -> GenerationOptions:
-        return self.options(self.max_completion_tokens)
+    def to_domain(self, max_image_bytes: int) -> GenerationRequest:
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            core_choice = ToolChoice("function", choice.function.name)
+        else:
+            core_choice = ToolChoice(choice or "auto")
+        options = dataclasses.replace(
+            self.options(self.max_completion_tokens),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+        )
+        return GenerationRequest(
+            messages=tuple(m.to_domain(max_image_bytes) for m in self.messages),
+            options=options,
+            tools=tuple(
+                Tool(t.function.name, t.function.description, t.function.parameters)
+                for t in self.tools or ()
+            ),
+            tool_choice=core_choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
+            response_format=self.response_format.to_domain() if self.response_format else None,
+        )
 
 
 class CompletionRequest(CompletionParams):
@@ -212,6 +412,29 @@ class CompletionRequest(CompletionParams):
             raise _unsupported("suffix")
 
 
+class EmbeddingRequest(_Lenient):
+    model: str = Field(min_length=1, description="An installed model, or the active model.")
+    input: str | list[str] = Field(description="A text or a list of texts (not token arrays).")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
+    user: str | None = Field(None, description="Accepted and ignored.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(not isinstance(item, str) for item in value):
+            raise _unsupported("input", "must be a string or a list of strings (no token arrays)")
+        if isinstance(value, list) and not 1 <= len(value) <= 2048:
+            raise _invalid("input must hold between 1 and 2048 texts")
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise _invalid("input texts must not be empty")
+        return value
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 # -- responses -------------------------------------------------------------------------------
 
 
@@ -223,7 +446,16 @@ class CompletionUsage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallItem] | None = None
+    refusal: None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)  # OpenAI leaves the key out when there are none
+        return data
 
 
 class ChatChoice(BaseModel):
@@ -256,6 +488,24 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: CompletionUsage
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of float32 (LE).")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelObject(BaseModel):

@@ -4,6 +4,9 @@ Streams follow OpenAI's framing, event by event:
 
 * chat: a first chunk with ``delta: {"role": "assistant", "content": ""}``, one chunk per text
   fragment (``delta.content``), then a chunk with an empty ``delta`` and the ``finish_reason``;
+  a tool call is a first delta with ``index``, ``id``, ``type: "function"`` and
+  ``function.name`` (``arguments: ""``), then deltas carrying ``arguments`` fragments for the
+  same ``index``; the answer then ends with ``finish_reason: "tool_calls"``;
   completions: one chunk per fragment (``text``), then one with ``text: ""`` and the reason;
 * with ``stream_options.include_usage`` every chunk carries ``"usage": null`` and one more chunk
   follows with ``choices: []`` and the ``usage``;
@@ -47,9 +50,11 @@ from llmserve.api.openai_schemas import (
     Completion,
     CompletionChoice,
     CompletionUsage,
+    FunctionCall,
+    ToolCallItem,
 )
 from llmserve.api.sse import framed_events
-from llmserve.domain import GenerationResult, Usage
+from llmserve.domain import GenerationResult, StreamEvent, ToolCall, ToolCallDelta, Usage
 from llmserve.services.generation import Generation
 
 DONE = b"data: [DONE]\n\n"
@@ -73,8 +78,17 @@ def new_id(prefix: str) -> str:
 
 
 def finish_reason(result: GenerationResult | None) -> str:
-    """OpenAI's ``finish_reason`` for a backend's done reason (``length`` or ``stop``)."""
-    return "length" if result is not None and result.done_reason == "length" else "stop"
+    """OpenAI's ``finish_reason`` for a done reason: ``length``, ``tool_calls`` or ``stop``."""
+    if result is not None and result.done_reason in ("length", "tool_calls"):
+        return result.done_reason
+    return "stop"
+
+
+def openai_tool_calls(calls: list[ToolCall]) -> list[ToolCallItem]:
+    return [
+        ToolCallItem(id=c.id, function=FunctionCall(name=c.name, arguments=json.dumps(c.arguments)))
+        for c in calls
+    ]
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:
@@ -173,27 +187,29 @@ def _usage(generation: Generation) -> CompletionUsage:
     return CompletionUsage(**usage_dict(usage))
 
 
-def chat_completion(text: str, generation: Generation) -> ChatCompletion:
+def chat_completion(generation: Generation) -> ChatCompletion:
+    calls = generation.result.tool_calls if generation.result is not None else []
+    message = AssistantMessage(
+        content=generation.text or (None if calls else ""),
+        tool_calls=openai_tool_calls(calls) if calls else None,
+    )
     return ChatCompletion(
         id=new_id(ChatChunks.id_prefix),
         created=int(time.time()),
         model=generation.model,
-        choices=[
-            ChatChoice(
-                message=AssistantMessage(content=text),
-                finish_reason=finish_reason(generation.result),
-            )
-        ],
+        choices=[ChatChoice(message=message, finish_reason=finish_reason(generation.result))],
         usage=_usage(generation),
     )
 
 
-def text_completion(text: str, generation: Generation) -> Completion:
+def text_completion(generation: Generation) -> Completion:
     return Completion(
         id=new_id(CompletionChunks.id_prefix),
         created=int(time.time()),
         model=generation.model,
-        choices=[CompletionChoice(text=text, finish_reason=finish_reason(generation.result))],
+        choices=[
+            CompletionChoice(text=generation.text, finish_reason=finish_reason(generation.result))
+        ],
         usage=_usage(generation),
     )
 
@@ -219,6 +235,7 @@ class ChunkEncoder:
 
     def __init__(self, id_: str, created: int, model: str, *, include_usage: bool) -> None:
         self.include_usage = include_usage
+        self._calls_started: set[int] = set()  # tool-call indexes whose first delta went out
         self._base: dict[str, Any] = {
             "id": id_,
             "object": self.object_name,
@@ -250,6 +267,18 @@ class ChunkEncoder:
     def text(self, text: str) -> bytes:
         return self._head + orjson.dumps(text) + self._tail
 
+    def texts(self, batch: list[str]) -> bytes:
+        return b"".join([self.text(piece) for piece in batch])
+
+    def events(self, batch: list[StreamEvent]) -> bytes:
+        """A batch that may hold tool-call deltas (text only: ``text`` per piece)."""
+        return b"".join(
+            [self.text(e) if type(e) is str else self.tool_call(e) for e in batch]  # type: ignore[arg-type]
+        )
+
+    def tool_call(self, delta: ToolCallDelta) -> bytes:
+        raise errors.UnsupportedError("tool calls are answered on /v1/chat/completions only")
+
     def finish(self, reason: str) -> bytes:
         return _data(self._chunk(self._choice("", reason)))
 
@@ -267,6 +296,29 @@ class ChatChunks(ChunkEncoder):
 
     def start(self) -> bytes:
         delta = {"role": "assistant", "content": ""}
+        return _data(
+            self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        )
+
+    def tool_call(self, delta: ToolCallDelta) -> bytes:
+        """The first delta of a call: index, id, type and name; then argument fragments."""
+        started = self._calls_started
+        out = b""
+        if delta.index not in started:
+            started.add(delta.index)
+            head = {
+                "index": delta.index,
+                "id": delta.id,
+                "type": "function",
+                "function": {"name": delta.name, "arguments": ""},
+            }
+            out = self._delta({"tool_calls": [head]})
+        if delta.arguments:
+            part = {"index": delta.index, "function": {"arguments": delta.arguments}}
+            out += self._delta({"tool_calls": [part]})
+        return out
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
         return _data(
             self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
         )
@@ -289,9 +341,12 @@ def openai_events(generation: Generation, chunks: ChunkEncoder) -> AsyncIterator
             parts.append(chunks.usage((generation.result or GenerationResult()).usage))
         return b"".join([*parts, DONE])
 
+    # Only a request that offers tools can stream tool-call deltas: the others keep the
+    # one-type path (no type test per token).
+    encode = chunks.events if generation.request.tools else chunks.texts
     return framed_events(
         generation,
-        encode=lambda batch: b"".join([chunks.text(piece) for piece in batch]),
+        encode=encode,
         tail=tail,
         head=chunks.start(),
         error=error_event,

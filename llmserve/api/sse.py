@@ -32,6 +32,8 @@ from starlette.types import Receive, Scope, Send
 from llmserve import errors
 from llmserve.api.errors import error_body
 from llmserve.api.request_id import BODY_SEND
+from llmserve.api.schemas import native_tool_calls
+from llmserve.domain import StreamEvent
 from llmserve.services.generation import Generation
 
 log = logging.getLogger(__name__)
@@ -205,18 +207,34 @@ def _forget(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None
 
 
 def generation_events(generation: Generation) -> AsyncIterator[bytes]:
-    """The SSE chunks of a native ``/api/v1/generate`` stream; closes the generation at the end."""
-    return framed_events(generation, encode=_token_events, tail=lambda: END)
+    """The SSE chunks of a native stream (``/api/v1/generate``, ``/api/v1/chat``): text deltas,
+    then ``data: {"tool_calls": [...]}`` with the whole calls when the answer holds any, then
+    ``data: {}``; closes the generation at the end."""
+
+    def tail() -> bytes:
+        result = generation.result
+        if result is None or not result.tool_calls:
+            return END
+        return data_event({"tool_calls": native_tool_calls(result.tool_calls)}) + END
+
+    # Only a request that offers tools can stream tool-call deltas: the others keep the
+    # one-type path (no type test per token).
+    encode = _text_events if generation.request.tools else _token_events
+    return framed_events(generation, encode=encode, tail=tail)
 
 
 def _token_events(batch: list[str]) -> bytes:
     return token_event(batch[0]) if len(batch) == 1 else b"".join(map(token_event, batch))
 
 
+def _text_events(batch: list[StreamEvent]) -> bytes:
+    return b"".join([token_event(piece) for piece in batch if type(piece) is str])
+
+
 async def framed_events(
     generation: Generation,
     *,
-    encode: Callable[[list[str]], bytes],
+    encode: Callable[[list[Any]], bytes],
     tail: Callable[[], bytes],
     head: bytes | None = None,
     error: Callable[[errors.LlmserveError], bytes] = error_event,
@@ -236,9 +254,10 @@ async def framed_events(
         async for batch in generation.batches():
             chunk = encode(batch)
             if generation.result is not None:
-                last = chunk  # the output is complete: this loop ends without waiting
+                last += chunk  # the output is complete: this loop ends without waiting
                 continue
-            yield chunk
+            if chunk:  # a batch of tool-call deltas only is empty on the native stream
+                yield chunk
         end = last + tail()
     except errors.LlmserveError as exc:
         log.warning("stream ended with %s: %s", exc.code, exc.detail)

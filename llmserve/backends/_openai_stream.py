@@ -1,6 +1,8 @@
 """One streamed ``/v1/chat/completions`` response, read as server-sent events.
 
-``data: {chunk}`` lines carry ``choices[0].delta.content`` fragments, then a chunk with
+``data: {chunk}`` lines carry ``choices[0].delta.content`` fragments and ``delta.tool_calls``
+deltas (``index``, then ``id`` and ``function.name`` once, ``function.arguments`` fragments),
+then a chunk with
 ``finish_reason``, then (with ``stream_options.include_usage``) one with ``usage``, then
 ``data: [DONE]``. Each read waits at most until the first-token deadline (before the first
 fragment) or the idle timeout (after it); a per-read ``asyncio.timeout`` is used rather than
@@ -18,8 +20,9 @@ from typing import Any
 import httpx
 
 from llmserve import errors
+from llmserve.backends._tools import ToolCallAssembler, finished
 from llmserve.backends.base import PrefetchingStream
-from llmserve.domain import GenerationResult, Usage
+from llmserve.domain import GenerationResult, StreamEvent, ToolCallDelta, Usage
 
 _WHERE = "the OpenAI-compatible server"
 
@@ -44,8 +47,9 @@ class OpenAIStream(PrefetchingStream):
         self._usage: Usage | None = None
         self.result: GenerationResult | None = None
         self.tokens_received = 0
+        self._calls = ToolCallAssembler()
 
-    async def _pieces(self) -> AsyncIterator[str]:
+    async def _pieces(self) -> AsyncIterator[StreamEvent]:
         while not self._finished:
             line = await self._next_line()
             if line is None:
@@ -66,12 +70,18 @@ class OpenAIStream(PrefetchingStream):
             if not choices:
                 continue
             choice = choices[0]
-            text = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
             if choice.get("finish_reason"):
                 self._finish_reason = str(choice["finish_reason"])
             if text:
                 self.tokens_received += 1
                 yield text
+            for call in delta.get("tool_calls") or ():
+                event = self._tool_call_delta(call)
+                self._calls.add(event)
+                self.tokens_received += 1
+                yield event
         if self._finished:
             return
         if self._finish_reason is not None:  # the server left out [DONE]: the answer is whole
@@ -110,14 +120,24 @@ class OpenAIStream(PrefetchingStream):
             raise self._failure(f"failed mid-generation: {message}")
         return chunk
 
+    def _tool_call_delta(self, call: Any) -> ToolCallDelta:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("index", 0), int):
+            raise self._failure("sent a malformed tool call delta")
+        return ToolCallDelta(
+            int(call.get("index", 0)),
+            call.get("id") or None,
+            function.get("name") or None,
+            function.get("arguments") or "",
+        )
+
     def _failure(self, what: str) -> errors.BackendStreamError:
         return errors.BackendStreamError(f"{self._where} {what}")
 
     def _finish(self) -> None:
         self._finished = True
-        self.result = GenerationResult(
-            done_reason=self._finish_reason or "stop", usage=self._usage or Usage()
-        )
+        calls = self._calls.calls() if self._calls else []
+        self.result = finished(self._finish_reason or "stop", self._usage or Usage(), calls)
 
     async def aclose(self) -> None:
         # Closing the response closes the connection: that is what makes the server stop.

@@ -5,9 +5,12 @@ Contract for generation, which keeps "validate before you stream" possible:
 * ``open_generation`` does everything that can fail *before the first token*: it connects,
   sends the request and waits until the engine has accepted it and produced its first output
   (or has failed). Failures raise :mod:`llmserve.errors` types, never transport exceptions.
-* The returned :class:`GenerationStream` yields text fragments. A failure after the first
-  fragment raises ``BackendStreamError`` / ``BackendTimeoutError``. When iteration ends
-  normally, ``stream.result`` holds the done reason and token counts.
+* The returned :class:`GenerationStream` yields typed events (``llmserve.domain``: text deltas
+  as ``str``, :class:`~llmserve.domain.ToolCallDelta`). A failure after the first event raises
+  ``BackendStreamError`` / ``BackendTimeoutError``. When iteration ends normally,
+  ``stream.result`` holds the done reason, token counts and whole tool calls.
+* A capability the engine or model lacks (tools, images, a response format) is refused by
+  ``open_generation`` with ``UnsupportedError`` before anything is sent downstream.
 * ``aclose()`` must stop the engine's work at once (close the upstream connection, or tell the
   in-process engine to stop) and is safe to call twice, or after the end.
 """
@@ -17,7 +20,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, runtime_checkable
 
-from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress
+from llmserve.domain import (
+    Embeddings,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    PullProgress,
+    StreamEvent,
+)
 
 
 @runtime_checkable
@@ -27,10 +37,10 @@ class GenerationStream(Protocol):
     #: The exception that ended the output early, if one did (the consumer sees it too).
     failure: BaseException | None
 
-    def __aiter__(self) -> AsyncIterator[str]: ...
+    def __aiter__(self) -> AsyncIterator[StreamEvent]: ...
 
-    def batches(self) -> AsyncIterator[list[str]]:
-        """The same fragments, grouped as they arrived (one list per upstream read)."""
+    def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """The same events, grouped as they arrived (one list per upstream read)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -46,8 +56,8 @@ class PrefetchingStream:
     fragment at a time).
     """
 
-    _first: list[str] | None = None
-    _source: AsyncIterator[list[str]] | None = None
+    _first: list[StreamEvent] | None = None
+    _source: AsyncIterator[list[StreamEvent]] | None = None
     #: What ended the output early (an error, a cancellation), recorded by ``_batches``.
     failure: BaseException | None = None
 
@@ -58,23 +68,23 @@ class PrefetchingStream:
             self._first = batch
             return
 
-    def __aiter__(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[str]:
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
         async for batch in self.batches():
             for piece in batch:
                 yield piece
 
-    def batches(self) -> AsyncIterator[list[str]]:
-        """Fragments grouped as they arrived (every list non-empty)."""
+    def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """Events grouped as they arrived (every list non-empty)."""
         source = self._source
         if source is None:
             source = self._source = self._batches()
         first, self._first = self._first, None
         return _FirstThen(first, source)
 
-    async def _batches(self) -> AsyncIterator[list[str]]:
+    async def _batches(self) -> AsyncIterator[list[StreamEvent]]:
         try:
             async for piece in self._pieces():
                 yield [piece]
@@ -82,7 +92,7 @@ class PrefetchingStream:
             self.failure = exc
             raise
 
-    def _pieces(self) -> AsyncIterator[str]:
+    def _pieces(self) -> AsyncIterator[StreamEvent]:
         raise NotImplementedError
 
 
@@ -91,14 +101,16 @@ class _FirstThen:
 
     __slots__ = ("_first", "_source")
 
-    def __init__(self, first: list[str] | None, source: AsyncIterator[list[str]]) -> None:
+    def __init__(
+        self, first: list[StreamEvent] | None, source: AsyncIterator[list[StreamEvent]]
+    ) -> None:
         self._first = first
         self._source = source
 
     def __aiter__(self) -> _FirstThen:
         return self
 
-    def __anext__(self) -> Awaitable[list[str]]:
+    def __anext__(self) -> Awaitable[list[StreamEvent]]:
         first = self._first
         if first is not None:
             self._first = None
@@ -106,7 +118,7 @@ class _FirstThen:
         return self._source.__anext__()
 
 
-async def _ready(value: list[str]) -> list[str]:
+async def _ready(value: list[StreamEvent]) -> list[StreamEvent]:
     return value
 
 
@@ -129,6 +141,13 @@ class Backend(Protocol):
 
     async def open_generation(self, model: str, request: GenerationRequest) -> GenerationStream:
         """Start generating; return once the first output is ready (see the module doc)."""
+        ...
+
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None
+    ) -> Embeddings:
+        """One vector per input (an empty list for no input). ``UnsupportedError`` where the
+        engine or model cannot embed, or cannot shorten vectors to ``dimensions``."""
         ...
 
     async def list_models(self) -> list[ModelInfo]:

@@ -21,12 +21,32 @@ import orjson
 
 from llmserve import __version__, errors
 from llmserve.backends import _http1
-from llmserve.backends.base import PrefetchingStream
-from llmserve.domain import GenerationRequest, GenerationResult, ModelInfo, PullProgress, Usage
+from llmserve.backends._tools import (
+    ForcedToolStream,
+    finished,
+    forced_messages,
+    forced_schema,
+    parse_arguments,
+)
+from llmserve.backends.base import GenerationStream, PrefetchingStream
+from llmserve.domain import (
+    Embeddings,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    ModelInfo,
+    PullProgress,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    new_call_id,
+)
 
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BODY = 64 * 1024
+_CAPABILITIES_TTL_S = 60.0
 
 
 class OllamaBackend:
@@ -49,6 +69,7 @@ class OllamaBackend:
         self._first_token_timeout_s = first_token_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._total_timeout_s = total_timeout_s
+        self._capabilities: dict[str, tuple[frozenset[str] | None, float]] = {}
         self._pool = _http1.Http1Pool(
             str(client.base_url),
             connect_timeout=client.timeout.connect or 30.0,
@@ -68,17 +89,14 @@ class OllamaBackend:
 
     # -- generation -------------------------------------------------------------------------
 
-    async def open_generation(self, model: str, request: GenerationRequest) -> OllamaStream:
-        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "stream": True}
-        if request.system is not None:
-            body["system"] = request.system
-        options = _options(request)
-        if options:
-            body["options"] = options
-        payload = orjson.dumps(body)
+    async def open_generation(self, model: str, request: GenerationRequest) -> GenerationStream:
+        if any(message.images for message in request.messages):
+            await self._require(model, "vision", "images")
+        forced = forced_schema(request)
+        payload = orjson.dumps(chat_body(model, request, forced))
         try:
             response = await self._pool.post_json(
-                "/api/generate", payload, wait_s=self._first_token_timeout_s
+                "/api/chat", payload, wait_s=self._first_token_timeout_s
             )
         except _http1.UpstreamError as exc:
             raise translate_transport_error(exc, self.base_url, started=False) from None
@@ -100,7 +118,47 @@ class OllamaBackend:
         except BaseException:
             await stream.aclose()
             raise
-        return stream
+        return stream if forced is None else ForcedToolStream(stream, request)
+
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None
+    ) -> Embeddings:
+        body: dict[str, Any] = {"model": model, "input": inputs}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        timeout = self._client.timeout.as_dict()
+        timeout["read"] = self._first_token_timeout_s
+        http_request = self._client.build_request(
+            "POST", "/api/embed", json=body, extensions={"timeout": timeout}
+        )
+        response = await self._send(http_request)
+        if response.status_code != 200:
+            raise await self._error_from(response, model)
+        payload = await _read_json(response)
+        vectors = payload.get("embeddings")
+        if not isinstance(vectors, list):
+            raise errors.BackendError("Ollama sent an embedding answer without 'embeddings'")
+        return Embeddings(vectors, int(payload.get("prompt_eval_count") or 0))
+
+    async def _require(self, model: str, capability: str, what: str) -> None:
+        """Refuse ``what`` when Ollama says ``model`` lacks ``capability`` (``/api/show``,
+        cached); an Ollama too old to list capabilities is trusted."""
+        now = time.monotonic()
+        cached = self._capabilities.get(model)
+        if cached is None or cached[1] < now:
+            response = await self._send(
+                self._client.build_request("POST", "/api/show", json={"model": model})
+            )
+            if response.status_code != 200:
+                raise await self._error_from(response, model)
+            found = (await _read_json(response)).get("capabilities")
+            capabilities = frozenset(found) if isinstance(found, list) else None
+            cached = self._capabilities[model] = (capabilities, now + _CAPABILITIES_TTL_S)
+        if cached[0] is not None and capability not in cached[0]:
+            raise errors.UnsupportedError(
+                f"model '{model}' does not support {what} (it lacks Ollama's "
+                f"'{capability}' capability)"
+            )
 
     # -- models -----------------------------------------------------------------------------
 
@@ -205,13 +263,17 @@ class OllamaBackend:
             return errors.BackendBusyError(f"Ollama is busy: {message}")
         if status == 400 and model is not None and "invalid model name" in message:
             return errors.InvalidModelNameError(f"invalid model name '{model}'")
+        if status == 400 and "does not support" in message:
+            return errors.UnsupportedError(f"model '{model}' {message.partition(' does ')[2]}")
         return errors.BackendError(f"Ollama answered {status}: {message}")
 
 
 class OllamaStream(PrefetchingStream):
-    """Text fragments of one ``/api/generate`` NDJSON stream (see ``backends/base.py``).
+    """The events of one ``/api/chat`` NDJSON stream (see ``backends/base.py``).
 
-    Each wake-up takes every line that has arrived, so a burst of tokens is one batch.
+    Each wake-up takes every line that has arrived, so a burst of tokens is one batch. Ollama
+    sends each tool call whole (arguments as an object); it becomes one delta with the
+    arguments' JSON text, and an id when Ollama gave none (older versions don't).
     """
 
     def __init__(
@@ -224,8 +286,9 @@ class OllamaStream(PrefetchingStream):
         self._finished = False
         self.result: GenerationResult | None = None
         self.tokens_received = 0
+        self._calls: list[ToolCall] = []
 
-    async def _batches(self) -> AsyncIterator[list[str]]:
+    async def _batches(self) -> AsyncIterator[list[StreamEvent]]:
         try:
             response = self._response
             while not self._finished:
@@ -243,16 +306,20 @@ class OllamaStream(PrefetchingStream):
                 lines = (self._buffer + data if self._buffer else data).split(b"\n")
                 self._buffer = lines.pop()
                 objects, failure = _parse_lines(lines)
-                batch: list[str] = []
+                batch: list[StreamEvent] = []
                 for obj in objects:
                     if "error" in obj:
                         failure = errors.BackendStreamError(
                             f"Ollama failed mid-generation: {obj['error']}"
                         )
                         break
-                    text = obj.get("response")
-                    if text:
-                        batch.append(text)
+                    message = obj.get("message")
+                    if message:
+                        text = message.get("content")
+                        if text:
+                            batch.append(text)
+                        if "tool_calls" in message:
+                            batch.extend(self._tool_calls(message["tool_calls"]))
                     if obj.get("done"):
                         self._finish(obj)
                         break
@@ -275,15 +342,30 @@ class OllamaStream(PrefetchingStream):
         except _http1.UpstreamError:
             pass  # the answer is complete; a broken tail only costs the connection
 
+    def _tool_calls(self, calls: Any) -> list[ToolCallDelta]:
+        deltas = []
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise errors.BackendStreamError("Ollama sent a tool call without a name")
+            name, arguments = function["name"], function.get("arguments") or {}
+            if isinstance(arguments, str):  # not Ollama's form, but harmless to accept
+                arguments = parse_arguments(arguments, name)
+            if not isinstance(arguments, dict):
+                raise errors.BackendStreamError(f"Ollama sent non-object arguments for '{name}'")
+            tool_call = ToolCall(str(call.get("id") or new_call_id()), name, arguments)
+            text = orjson.dumps(arguments).decode()
+            deltas.append(ToolCallDelta(len(self._calls), tool_call.id, name, text))
+            self._calls.append(tool_call)
+        return deltas
+
     def _finish(self, obj: dict[str, Any]) -> None:
         self._finished = True
-        self.result = GenerationResult(
-            done_reason=str(obj.get("done_reason") or "stop"),
-            usage=Usage(
-                prompt_tokens=int(obj.get("prompt_eval_count") or 0),
-                completion_tokens=int(obj.get("eval_count") or 0),
-            ),
+        usage = Usage(
+            prompt_tokens=int(obj.get("prompt_eval_count") or 0),
+            completion_tokens=int(obj.get("eval_count") or 0),
         )
+        self.result = finished(str(obj.get("done_reason") or "stop"), usage, self._calls)
 
     async def aclose(self) -> None:
         # Unless the body was read to its end, this aborts the connection: what stops Ollama.
@@ -371,21 +453,84 @@ def _error_message(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
+def chat_body(
+    model: str, request: GenerationRequest, forced: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``/api/chat`` body for ``request``: messages, tools and format in Ollama's own form
+    (tool arguments as objects, images as base64, ``keep_alive`` at the top level)."""
+    messages = forced_messages(request) if forced is not None else request.messages
+    names = {c.id: c.name for m in request.messages for c in m.tool_calls}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [_message(message, names) for message in messages],
+        "stream": True,
+    }
+    tools = request.offered_tools if forced is None else ()
+    if tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description or "",
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in tools
+        ]
+    response_format = request.response_format
+    if forced is not None:
+        body["format"] = forced
+    elif response_format is not None and response_format.kind != "text":
+        body["format"] = response_format.schema if response_format.schema is not None else "json"
+    options = _options(request)
+    if options:
+        body["options"] = options
+    if request.options.keep_alive is not None:
+        body["keep_alive"] = request.options.keep_alive
+    return body
+
+
+def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        out["images"] = list(message.images)
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id, "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    tool_name = message.tool_name or names.get(message.tool_call_id or "")
+    if message.role == "tool" and tool_name:
+        out["tool_name"] = tool_name  # what Ollama's templates read
+    return out
+
+
+#: Ollama's option name per domain option.
+_OPTION_NAMES = (
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("top_k", "top_k"),
+    ("seed", "seed"),
+    ("max_tokens", "num_predict"),
+    ("num_ctx", "num_ctx"),
+    ("repeat_penalty", "repeat_penalty"),
+    ("presence_penalty", "presence_penalty"),
+    ("frequency_penalty", "frequency_penalty"),
+)
+
+
 def _options(request: GenerationRequest) -> dict[str, Any]:
     opts = request.options
     out: dict[str, Any] = {}
-    if opts.temperature is not None:
-        out["temperature"] = opts.temperature
-    if opts.top_p is not None:
-        out["top_p"] = opts.top_p
-    if opts.top_k is not None:
-        out["top_k"] = opts.top_k
-    if opts.seed is not None:
-        out["seed"] = opts.seed
+    for ours, theirs in _OPTION_NAMES:
+        value = getattr(opts, ours)
+        if value is not None:
+            out[theirs] = value
     if opts.stop:
         out["stop"] = list(opts.stop)
-    if opts.max_tokens is not None:
-        out["num_predict"] = opts.max_tokens
     return out
 
 

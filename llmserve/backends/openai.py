@@ -18,7 +18,7 @@ import httpx
 
 from llmserve import errors
 from llmserve.backends._openai_stream import OpenAIStream, error_message
-from llmserve.domain import GenerationRequest, ModelInfo, PullProgress
+from llmserve.domain import Embeddings, GenerationRequest, Message, ModelInfo, PullProgress
 
 __all__ = ["OpenAIBackend", "OpenAIStream", "normalise_base_url"]
 
@@ -84,7 +84,7 @@ class OpenAIBackend:
     # -- generation -------------------------------------------------------------------------
 
     async def open_generation(self, model: str, request: GenerationRequest) -> OpenAIStream:
-        body = _chat_body(model, request)
+        body = chat_body(model, request)
         # The client's read timeout is only a backstop: the stream enforces the first-token
         # and idle timeouts itself (headers arrive long before the first token with vLLM).
         timeout = self._client.timeout.as_dict()
@@ -114,6 +114,31 @@ class OpenAIBackend:
             await stream.aclose()
             raise
         return stream
+
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None
+    ) -> Embeddings:
+        if not inputs:
+            return Embeddings([], 0)
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        http_request = self._client.build_request(
+            "POST", f"{self.base_url}/embeddings", json=body, headers=self._headers
+        )
+        response = await self._send(http_request)
+        if response.status_code != 200:
+            raise await self._error_from(response, model)
+        payload = await self._json(response)
+        data = payload.get("data")
+        if not isinstance(data, list):
+            raise errors.BackendError(f"{_WHERE} sent an embedding answer without 'data'")
+        ordered = sorted(data, key=lambda item: item.get("index", 0))
+        vectors = [item.get("embedding") for item in ordered]
+        if not all(isinstance(vector, list) for vector in vectors):
+            raise errors.BackendError(f"{_WHERE} sent embeddings that are not float lists")
+        usage = payload.get("usage") or {}
+        return Embeddings(vectors, int(usage.get("prompt_tokens") or 0))
 
     # -- models -----------------------------------------------------------------------------
 
@@ -165,6 +190,9 @@ class OpenAIBackend:
         response = await self._send(http_request)
         if response.status_code != 200:
             raise await self._error_from(response, None)
+        return await self._json(response)
+
+    async def _json(self, response: httpx.Response) -> dict[str, Any]:
         try:
             raw = await response.aread()
         except httpx.HTTPError as exc:
@@ -214,30 +242,108 @@ def translate_transport_error(exc: httpx.HTTPError, base_url: str) -> errors.Llm
     return errors.BackendError(f"the request to {where} failed: {exc!r}")
 
 
-def _chat_body(model: str, request: GenerationRequest) -> dict[str, Any]:
-    messages = []
-    if request.system:
-        messages.append({"role": "system", "content": request.system})
-    messages.append({"role": "user", "content": request.prompt})
+def chat_body(model: str, request: GenerationRequest) -> dict[str, Any]:
+    """The ``/v1/chat/completions`` body: the conversation, tools, tool choice and response
+    format in OpenAI's own form."""
+    opts = request.options
+    for name, value in (("num_ctx", opts.num_ctx), ("keep_alive", opts.keep_alive)):
+        if value is not None:
+            raise errors.UnsupportedError(
+                f"the option '{name}' is Ollama's: the openai backend cannot honour it"
+            )
     body: dict[str, Any] = {
         "model": model,
-        "messages": messages,
+        "messages": [_message(message) for message in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    opts = request.options
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in request.tools
+        ]
+        choice = request.tool_choice
+        body["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.mode == "function"
+            else choice.mode
+        )
+        if not request.parallel_tool_calls:
+            body["parallel_tool_calls"] = False
+    response_format = request.response_format
+    if response_format is not None and response_format.kind == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif response_format is not None and response_format.kind == "json_schema":
+        schema: dict[str, Any] = {"name": response_format.name or "response"}
+        schema["schema"] = response_format.schema
+        if response_format.strict:
+            schema["strict"] = True
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
     optional = {
         "max_tokens": opts.max_tokens,
         "temperature": opts.temperature,
         "top_p": opts.top_p,
         "seed": opts.seed,
-        # Not in OpenAI's own API, but vLLM, SGLang and llama.cpp accept it; sent only when set.
+        "presence_penalty": opts.presence_penalty,
+        "frequency_penalty": opts.frequency_penalty,
+        # Not in OpenAI's own API, but vLLM, SGLang and llama.cpp accept them; sent only when set.
         "top_k": opts.top_k,
+        "repeat_penalty": opts.repeat_penalty,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
     if opts.stop:
         body["stop"] = list(opts.stop)
     return body
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+        parts += [
+            {
+                "type": "image_url",
+                "image_url": {"url": f"data:{image_media_type(data)};base64,{data}"},
+            }
+            for data in message.images
+        ]
+        out["content"] = parts
+    else:
+        out["content"] = message.content
+    if message.tool_calls:
+        if not message.content:
+            out["content"] = None
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id or ""
+    return out
+
+
+_SIGNATURES = (
+    ("iVBORw0KGgo", "image/png"),
+    ("/9j/", "image/jpeg"),
+    ("R0lGOD", "image/gif"),
+    ("UklGR", "image/webp"),
+)
+
+
+def image_media_type(data: str) -> str:
+    """The media type of base64 image data, from its first bytes (PNG when unknown)."""
+    return next((kind for prefix, kind in _SIGNATURES if data.startswith(prefix)), "image/png")
 
 
 def _means_unknown_model(raw: bytes, message: str) -> bool:

@@ -31,10 +31,8 @@ def generate(
     except SettingsError as exc:
         fail(str(exc), 2)
     configure_logging("WARNING")
-    request = GenerationRequest(
-        prompt=text,
-        system=system,
-        options=GenerationOptions(temperature=temperature, max_tokens=max_tokens),
+    request = GenerationRequest.from_prompt(
+        text, system, GenerationOptions(temperature=temperature, max_tokens=max_tokens)
     )
     run(_generate(settings, request, stream=not no_stream and not json_output, as_json=json_output))
 
@@ -56,13 +54,14 @@ async def _generate(
 
     out = Console(highlight=False, soft_wrap=True) if sys.stdout.isatty() else None
     async with Runtime(settings, follow_active_model=False) as runtime:
-        generation = await runtime.generation.start(request, route=ROUTE)
+        generation = await runtime.generation.generate(request, route=ROUTE)
         parts: list[str] = []
         try:
             async for piece in generation:
-                parts.append(piece)
-                if stream:
-                    _write(out, piece)
+                if type(piece) is str:
+                    parts.append(piece)
+                    if stream:
+                        _write(out, piece)
         finally:
             await generation.aclose()
         text = "".join(parts)

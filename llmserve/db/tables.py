@@ -51,6 +51,8 @@ class RequestLogRecord(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prompt: Mapped[str | None] = mapped_column(Text)
     response: Mapped[str | None] = mapped_column(Text)
+    tool_calls: Mapped[str | None] = mapped_column(String(400))
+    response_format: Mapped[str | None] = mapped_column(String(16))
 
 
 class AuditRecord(Base):

@@ -1,26 +1,30 @@
-"""Generation: the one path every face (native API, CLI, later OpenAI routes) goes through.
+"""Generation: the one path every face (native API, OpenAI, Ollama, CLI) goes through.
 
-``start()`` does everything that can fail before the first byte — checks the prompt, resolves
-the active model, opens the upstream generation and waits for its first token — so each
-failure can still get its own status. The returned :class:`Generation` yields text; its
+:meth:`GenerationService.generate` is the entry point. It does everything that can fail before
+the first byte — checks the conversation, resolves the model, takes an admission slot, opens the
+upstream generation and waits for its first output — so each failure can still get its own
+status. The returned :class:`Generation` yields typed events (text, tool-call deltas); its
 ``aclose()`` (always called, by ``finally``) closes the upstream request, which is what stops
-the engine when a client leaves, and hands one row to the request-log writer.
+the engine when a client leaves, and hands one row to the request-log writer. With
+``whole=True`` it runs to the end first: ``text`` and ``result`` then hold the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from llmserve import errors
 from llmserve.backends.base import Backend, GenerationStream
-from llmserve.domain import GenerationRequest, GenerationResult
+from llmserve.domain import GenerationRequest, GenerationResult, StreamEvent
 from llmserve.logging_setup import current_request_id
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
+from llmserve.services.images import ImageFetcher
 from llmserve.services.request_log import RequestLogRow, RequestLogWriter
 
 if TYPE_CHECKING:
@@ -38,8 +42,12 @@ class GenerationService:
         max_prompt_chars: int,
         log_prompts: bool = False,
         metrics: Metrics | None = None,
+        resolve: Callable[[str], Awaitable[str]] | None = None,
+        images: ImageFetcher | None = None,
     ) -> None:
         self._backend = backend
+        self._resolve = resolve
+        self._images = images
         self._metrics = metrics
         self.admission = admission
         self._active_model = active_model
@@ -48,15 +56,19 @@ class GenerationService:
         self._log_prompts = log_prompts
 
     def check(self, request: GenerationRequest) -> None:
-        """Rules that need no I/O (the schema already rejected blank prompts)."""
-        if len(request.prompt) > self._max_prompt_chars:
+        """Rules that need no I/O: a turn to answer, the size limit, valid Unicode, tools."""
+        messages = request.messages
+        if not messages or all(m.role == "system" for m in messages):
+            raise errors.InvalidRequestError("the conversation needs a user message")
+        if not any(m.content.strip() or m.images or m.tool_calls for m in messages):
+            raise errors.InvalidRequestError("the prompt is empty")
+        size = sum(len(m.content) for m in messages)
+        if size > self._max_prompt_chars:
             raise errors.PromptTooLargeError(
-                f"the prompt has {len(request.prompt)} characters; "
+                f"the prompt has {size} characters; "
                 f"the limit is {self._max_prompt_chars} (MAX_PROMPT_CHARS)"
             )
-        if not request.prompt.strip():
-            raise errors.InvalidRequestError("the prompt is empty")
-        for text in (request.prompt, request.system or "", *request.options.stop):
+        for text in request.texts():
             if not text.isascii():
                 try:
                     text.encode()
@@ -64,19 +76,37 @@ class GenerationService:
                     raise errors.InvalidRequestError(
                         "the request contains text that is not valid Unicode (a lone surrogate)"
                     ) from None
+        choice = request.tool_choice
+        if choice.mode in ("required", "function") and not request.tools:
+            raise errors.InvalidRequestError(f"tool_choice '{choice.mode}' needs tools")
+        if choice.mode == "function" and not request.offered_tools:
+            raise errors.InvalidRequestError(
+                f"tool_choice names the function '{choice.name}', which is not among the tools"
+            )
+        names = [tool.name for tool in request.tools]
+        if len(set(names)) != len(names):
+            raise errors.InvalidRequestError("two tools have the same name")
 
-    async def start(
+    async def generate(
         self,
         request: GenerationRequest,
         *,
         route: str,
-        request_id: str | None = None,
-        api_key_id: int | None = None,
         model: str | None = None,
+        api_key_id: int | None = None,
+        request_id: str | None = None,
+        whole: bool = False,
     ) -> Generation:
-        """Open a generation on ``model`` (already resolved by the caller), else the active one."""
+        """The one entry point: open a generation on ``model`` (a name the client gave, resolved
+        by the model service's rules; the active model when None). With ``whole`` the answer is
+        read to its end (and the generation closed) before this returns."""
         self.check(request)
-        model = model or self._active_model.current
+        if self._images is not None:
+            request = await self._images.resolve(request)
+        if model is None:
+            model = self._active_model.current
+        elif self._resolve is not None:
+            model = await self._resolve(model)
         generation = Generation(
             request,
             model=model,
@@ -88,32 +118,13 @@ class GenerationService:
             metrics=self._metrics,
         )
         await generation.open(self._backend, self.admission)
+        if whole:
+            await generation.read_all()
         return generation
-
-    async def complete(
-        self,
-        request: GenerationRequest,
-        *,
-        route: str,
-        request_id: str | None = None,
-        api_key_id: int | None = None,
-        model: str | None = None,
-    ) -> tuple[str, Generation]:
-        """Run a whole generation and return its text (the non-streaming face)."""
-        generation = await self.start(
-            request, route=route, request_id=request_id, api_key_id=api_key_id, model=model
-        )
-        parts: list[str] = []
-        try:
-            async for batch in generation.batches():
-                parts.extend(batch)
-        finally:
-            await generation.aclose()
-        return "".join(parts), generation
 
 
 class Generation:
-    """One generation in flight: an async iterator of text fragments."""
+    """One generation in flight: an async iterator of typed events (``llmserve.domain``)."""
 
     def __init__(
         self,
@@ -140,7 +151,8 @@ class Generation:
         self._admission: Admission | None = None
         self._started = time.perf_counter()
         self._ttft: float | None = None
-        self._pieces: list[str] | None = [] if log_prompts else None
+        self._pieces: list[StreamEvent] | None = [] if log_prompts else None
+        self.text = ""  # the whole text, after read_all()
         self._status = "ok"
         self._error: str | None = None
         self._closed = False
@@ -161,16 +173,26 @@ class Generation:
             raise
         self._ttft = time.perf_counter() - self._started
 
-    def __aiter__(self) -> AsyncIterator[str]:
+    async def read_all(self) -> None:
+        """Read the answer to its end into ``text`` (tool calls: ``result``), then close."""
+        parts: list[str] = []
+        try:
+            async for batch in self.batches():
+                parts.extend(piece for piece in batch if type(piece) is str)
+        finally:
+            await self.aclose()
+        self.text = "".join(parts)
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[str]:
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
         async for batch in self.batches():
             for piece in batch:
                 yield piece
 
-    def batches(self) -> AsyncIterator[list[str]]:
-        """Text fragments grouped as they arrived, so a burst can be written at once.
+    def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """Events grouped as they arrived, so a burst can be written at once.
 
         The backend stream's own iterator unless the text is kept for the log: no generator of
         this class in between (per token, each level of async generator costs its own resume).
@@ -183,8 +205,8 @@ class Generation:
 
     @staticmethod
     async def _kept_batches(
-        stream: GenerationStream, pieces: list[str]
-    ) -> AsyncIterator[list[str]]:
+        stream: GenerationStream, pieces: list[StreamEvent]
+    ) -> AsyncIterator[list[StreamEvent]]:
         async for batch in stream.batches():
             pieces.extend(batch)
             yield batch
@@ -244,9 +266,54 @@ class Generation:
             error=self._error,
             request_id=self._request_id,
             api_key_id=self._api_key_id,
-            prompt=self.request.prompt if self._log_prompts else None,
-            response="".join(self._pieces) if self._pieces is not None else None,
+            prompt=_conversation_json(self.request) if self._log_prompts else None,
+            response=(
+                "".join(p for p in self._pieces if type(p) is str)
+                if self._pieces is not None
+                else None
+            ),
+            tool_calls=_call_names(self.result),
+            response_format=_format_kind(self.request),
         )
         self._request_log.record(row)
         if self._metrics is not None:
             self._metrics.generation_ended(row, self._error_code)
+
+
+def _call_names(result: GenerationResult | None) -> str | None:
+    """The names of the tool calls the answer held, comma-separated (None: no call)."""
+    if result is None or not result.tool_calls:
+        return None
+    return ",".join(call.name for call in result.tool_calls)[:400]
+
+
+def _format_kind(request: GenerationRequest) -> str | None:
+    if request.tool_choice.mode in ("required", "function") and request.tools:
+        return "tool_call"
+    fmt = request.response_format
+    return None if fmt is None or fmt.kind == "text" else fmt.kind
+
+
+def _conversation_json(request: GenerationRequest) -> str:
+    """The conversation as JSON, for LOG_PROMPTS (images as their size, not their bytes); a
+    lone prompt as its text."""
+    single = request.single_prompt
+    if single is not None and single[1] is None:
+        return single[0]
+    messages = []
+    for message in request.messages:
+        item: dict[str, object] = {"role": message.role, "content": message.content}
+        if message.images:
+            item["images"] = [f"<{len(image)} base64 chars>" for image in message.images]
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {"id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in message.tool_calls
+            ]
+        if message.tool_call_id:
+            item["tool_call_id"] = message.tool_call_id
+        messages.append(item)
+    payload: dict[str, object] = {"messages": messages}
+    if request.tools:
+        payload["tools"] = [tool.name for tool in request.tools]
+    return json.dumps(payload, ensure_ascii=False)

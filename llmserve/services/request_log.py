@@ -39,6 +39,8 @@ class RequestLogRow:
     api_key_id: int | None = None
     prompt: str | None = None
     response: str | None = None
+    tool_calls: str | None = None  # names of the calls the answer held, comma-separated
+    response_format: str | None = None  # json | json_schema | tool_call (None: text)
 
 
 _FIELDS = tuple(field.name for field in fields(RequestLogRow))

@@ -82,8 +82,8 @@ def test_generate_prints_the_text(
     result = run(["generate", "Why is the sky blue?"], subprocess_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Blue light scatters.\n"
-    generate = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
-    assert generate["prompt"] == "Why is the sky blue?"
+    generate = [r for r in ollama.requests if r.path == "/api/chat"][-1].json
+    assert generate["messages"] == [{"role": "user", "content": "Why is the sky blue?"}]
 
 
 def test_generate_streams_tokens_as_they_arrive(
@@ -150,8 +150,8 @@ def test_generate_reads_the_prompt_from_stdin(
 ) -> None:
     result = run(["generate", *argument], subprocess_env, tmp_path, stdin="from a pipe\n")
     assert result.returncode == 0, result.stderr
-    generate = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
-    assert generate["prompt"] == "from a pipe\n"
+    generate = [r for r in ollama.requests if r.path == "/api/chat"][-1].json
+    assert generate["messages"] == [{"role": "user", "content": "from a pipe\n"}]
 
 
 def test_generate_options_no_stream_and_json(
@@ -177,8 +177,8 @@ def test_generate_options_no_stream_and_json(
     payload = json.loads(result.stdout)
     assert payload["response"] == "ab"
     assert payload["usage"] == {"prompt_tokens": 3, "completion_tokens": 2}
-    sent = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
-    assert sent["system"] == "terse"
+    sent = [r for r in ollama.requests if r.path == "/api/chat"][-1].json
+    assert sent["messages"][0] == {"role": "system", "content": "terse"}
     assert sent["options"] == {"temperature": 0.3, "num_predict": 9}
     ollama.enqueue(Script(tokens=["x", "y"]))
     plain = run(["generate", "hi", "--no-stream"], subprocess_env, tmp_path)

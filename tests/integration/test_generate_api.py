@@ -95,9 +95,12 @@ def test_options_and_system_reach_ollama(client: TestClient, ollama: OllamaDoubl
             "options": {"temperature": 0.1, "max_tokens": 3, "stop": ["x"], "seed": 1},
         },
     )
-    sent = [r for r in ollama.requests if r.path == "/api/generate"][-1].json
+    sent = [r for r in ollama.requests if r.path == "/api/chat"][-1].json
     assert sent["model"] == "llama3.2"
-    assert sent["system"] == "be brief"
+    assert sent["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
     assert sent["options"] == {"temperature": 0.1, "num_predict": 3, "stop": ["x"], "seed": 1}
 
 
@@ -119,7 +122,7 @@ def test_invalid_requests_get_422_and_never_reach_ollama(
 ) -> None:
     response = client.post(URL, json=body)
     assert response.status_code == 422
-    assert not [r for r in ollama.requests if r.path == "/api/generate"]
+    assert not [r for r in ollama.requests if r.path in ("/api/generate", "/api/chat")]
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:
@@ -240,7 +243,7 @@ def test_the_active_model_comes_from_the_database(
     client = make_client()
     body = client.post(URL, json={"prompt": "hi"}).json()
     assert body["model"] == "qwen2.5:0.5b"
-    assert [r for r in ollama.requests if r.path == "/api/generate"][-1].json["model"] == (
+    assert [r for r in ollama.requests if r.path == "/api/chat"][-1].json["model"] == (
         "qwen2.5:0.5b"
     )
 

@@ -54,8 +54,8 @@ def sse_json(body: str) -> list[Any]:
 
 
 def sent_to_ollama(ollama: OllamaDouble) -> list[dict[str, Any]]:
-    """The bodies of the ``/api/generate`` requests the double received."""
-    return [r.json for r in ollama.requests if r.path == "/api/generate"]
+    """The bodies of the ``/api/chat`` requests the double received."""
+    return [r.json for r in ollama.requests if r.path == "/api/chat"]
 
 
 def tags_requests(ollama: OllamaDouble) -> int:

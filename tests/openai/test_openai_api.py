@@ -58,7 +58,7 @@ def test_chat_completion_is_a_chat_completion_object(
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "The sky is blue."},
+            "message": {"role": "assistant", "content": "The sky is blue.", "refusal": None},
             "logprobs": None,
             "finish_reason": "stop",
         }
@@ -134,7 +134,7 @@ def test_text_completion_whole_and_streamed(client: TestClient, ollama: OllamaDo
     assert [c["choices"][0]["text"] for c in chunks] == ["one", " two", ""]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, "stop"]
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 9
-    assert sent_to_ollama(ollama)[-1]["prompt"] == "Count:"
+    assert sent_to_ollama(ollama)[-1]["messages"] == [{"role": "user", "content": "Count:"}]
 
 
 def test_max_tokens_gives_finish_reason_length_and_reaches_ollama(
@@ -153,7 +153,8 @@ def test_max_tokens_gives_finish_reason_length_and_reaches_ollama(
             "stop": "###",
             "user": "someone",
             "n": 1,
-            "frequency_penalty": 0,  # unknown to llmserve: ignored like any extra field
+            "frequency_penalty": 0,
+            "logit_bias": {},  # empty: nothing to honour
         },
     ).json()
     assert body["choices"][0]["finish_reason"] == "length"
@@ -165,10 +166,11 @@ def test_max_tokens_gives_finish_reason_length_and_reaches_ollama(
         "seed": 42,
         "stop": ["###"],
         "num_predict": 2,
+        "frequency_penalty": 0,
     }
 
 
-def test_system_and_conversation_become_system_and_prompt(
+def test_the_conversation_reaches_ollama_turn_by_turn(
     client: TestClient, ollama: OllamaDouble
 ) -> None:
     messages = [
@@ -179,10 +181,12 @@ def test_system_and_conversation_become_system_and_prompt(
     ]
     client.post(CHAT, json={"model": "llama3.2", "messages": messages})
     sent = sent_to_ollama(ollama)[-1]
-    assert sent["system"] == "Be brief."
-    assert (
-        sent["prompt"] == "User: Hi\n\nAssistant: Hello!\n\nUser: Colour of the sky?\n\nAssistant:"
-    )
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Colour of the sky?"},
+    ]
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -249,11 +253,9 @@ def test_unknown_model_is_404_and_never_generates(client: TestClient, ollama: Ol
     [
         ({"n": 2}, "n"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
         ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": {"name": "f"}}, "function_call"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
 def test_unsupported_chat_parameters_are_400_naming_them(
@@ -295,15 +297,53 @@ def test_unsupported_completion_parameters_are_400_naming_them(
         ({"model": "llama3.2", "messages": []}, "messages"),
         ({"model": "llama3.2", "messages": [{"role": "system", "content": "x"}]}, "messages"),
         (
-            {"model": "llama3.2", "messages": [{"role": "tool", "content": "x"}]},
+            {"model": "llama3.2", "messages": [{"role": "robot", "content": "x"}]},
             "messages.[0].role",
         ),
+        ({"model": "llama3.2", "messages": [{"role": "tool", "content": "x"}]}, "messages.[0]"),
         (
             {
                 "model": "llama3.2",
                 "messages": [{"role": "user", "content": [{"type": "image_url"}]}],
             },
             "messages.[0].content",
+        ),
+        (
+            {
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": [{"type": "input_audio"}]}],
+            },
+            "messages.[0].content",
+        ),
+        (
+            {
+                "model": "llama3.2",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}],
+                    }
+                ],
+            },
+            "messages.[0].content",
+        ),
+        ({"model": "llama3.2", "messages": USER, "tool_choice": "required"}, "tool_choice"),
+        (
+            {
+                "model": "llama3.2",
+                "messages": USER,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        (
+            {"model": "llama3.2", "messages": USER, "response_format": {"type": "json_schema"}},
+            "response_format",
+        ),
+        (
+            {"model": "llama3.2", "messages": USER, "response_format": {"type": "yaml"}},
+            "response_format.type",
         ),
         ({"model": "llama3.2", "messages": USER, "temperature": 2.5}, "temperature"),
         ({"model": "llama3.2", "messages": USER, "top_p": 0}, "top_p"),

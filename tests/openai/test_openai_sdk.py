@@ -76,7 +76,7 @@ def test_sync_client(server: ServerProcess, ollama: OllamaDouble, db_url: str) -
     pieces = client.completions.create(model="llama3.2", prompt="Go on:", stream=True)
     assert "".join(p.choices[0].text for p in pieces) == "45"
 
-    sent = [r.json for r in ollama.requests if r.path == "/api/generate"]
+    sent = [r.json for r in ollama.requests if r.path == "/api/chat"]
     assert [s["model"] for s in sent] == ["llama3.2", "qwen2.5:0.5b", "llama3.2", "llama3.2"]
     assert sent[1]["options"] == {"temperature": 0.1, "seed": 7, "stop": ["\n\n"], "num_predict": 3}
     rows = log_rows(db_url, 4)
@@ -145,9 +145,9 @@ def test_errors_raise_the_sdk_exceptions(
             client.chat.completions.create(
                 model="llama3.2",
                 messages=USER,  # type: ignore[arg-type]
-                tools=[{"type": "function", "function": {"name": "get_weather"}}],
+                functions=[{"name": "get_weather"}],
             )
-        assert bad.value.param == "tools"
+        assert bad.value.param == "functions"
         with pytest.raises(openai.BadRequestError) as bad:
             client.completions.create(model="llama3.2", prompt="x", temperature=3)
         assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"

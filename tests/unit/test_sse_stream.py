@@ -8,6 +8,7 @@ from typing import Any
 
 from llmserve import errors
 from llmserve.api.sse import END, EventStream, Final, error_event, generation_events, token_event
+from llmserve.domain import GenerationRequest, GenerationResult
 
 
 class _Generation:
@@ -23,17 +24,18 @@ class _Generation:
         self._batches = batches
         self._result_with_last = result_with_last
         self._fail = fail
-        self.result: object | None = None
+        self.result: GenerationResult | None = None
+        self.request = GenerationRequest.from_prompt("x")
         self.closed = False
 
     async def batches(self) -> AsyncIterator[list[str]]:
         for i, batch in enumerate(self._batches):
             if self._result_with_last and i == len(self._batches) - 1 and self._fail is None:
-                self.result = object()
+                self.result = GenerationResult()
             yield batch
         if self._fail is not None:
             raise self._fail
-        self.result = object()
+        self.result = GenerationResult()
 
     async def aclose(self) -> None:
         self.closed = True

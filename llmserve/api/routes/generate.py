@@ -18,8 +18,8 @@ from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmserve import errors
-from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.errors import error_response
+from llmserve.api.generating import run_generation, runtime_in
 from llmserve.api.request_id import BODY_SEND
 from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from llmserve.api.sse import EventStream, generation_events
@@ -53,33 +53,21 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 
 async def answer(body: GenerateRequest, scope: Scope, receive: Receive) -> ASGIApp:
     """The response to a valid request (an LlmserveError before the first byte)."""
-    runtime = scope["app"].state.runtime
-    service = runtime.generation
-    principal = scope.get("state", {}).get("principal")
-    domain = body.to_domain()
-    service.check(domain)
-    key_id = principal.key_id if principal is not None else None
-    try:
-        if body.stream:
-            generation = await cancel_on_disconnect(
-                receive, service.start(domain, route=ROUTE, api_key_id=key_id)
-            )
-        else:
-            text, generation = await cancel_on_disconnect(
-                receive, service.complete(domain, route=ROUTE, api_key_id=key_id)
-            )
-    except ClientDisconnected:
+    generation = await run_generation(
+        scope, receive, body.to_domain(), route=ROUTE, stream=body.stream
+    )
+    if generation is None:
         return Response(status_code=499)  # nobody reads it; the row says "cancelled"
     if body.stream:
         return EventStream(
             generation_events(generation),
-            ping_interval=runtime.settings.SSE_PING_INTERVAL_S,
+            ping_interval=runtime_in(scope).settings.SSE_PING_INTERVAL_S,
         )
     result = generation.result
     assert result is not None
     # GenerateResponse's fields, in its order, encoded without building the model.
     payload = {
-        "response": text,
+        "response": generation.text,
         "model": generation.model,
         "done_reason": result.done_reason,
         "usage": {

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible API (SPEC §9): ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``.
+"""The OpenAI-compatible API: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings``.
 
 The same generation service as ``/api/v1/generate`` (same admission control, cancellation and
 request-log rows, under these route names), in OpenAI's wire format (``api/openai_wire.py``).
@@ -8,6 +8,8 @@ Unlike the native route, ``model`` chooses the model: the active one or any inst
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,15 +17,18 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from llmserve import errors
-from llmserve.api.auth import principal_of
 from llmserve.api.deps import ModelsDep, runtime_of
-from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from llmserve.api.generating import key_id_in, run_generation
 from llmserve.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionParams,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingObject,
+    EmbeddingRequest,
+    EmbeddingUsage,
     ErrorEnvelope,
     ModelList,
     ModelObject,
@@ -39,7 +44,6 @@ from llmserve.api.openai_wire import (
 )
 from llmserve.api.sse import EventStream
 from llmserve.domain import GenerationRequest, ModelInfo
-from llmserve.services.chat import chat_to_request
 from llmserve.services.generation import Generation
 from llmserve.services.models import find_installed
 
@@ -85,11 +89,12 @@ class _Face:
 
     route: str
     chunks: type[ChunkEncoder]
-    whole: Callable[[str, Generation], BaseModel]
+    whole: Callable[[Generation], BaseModel]
 
 
 CHAT = _Face("/v1/chat/completions", ChatChunks, chat_completion)
 COMPLETIONS = _Face("/v1/completions", CompletionChunks, text_completion)
+EMBEDDINGS = "/v1/embeddings"
 
 
 @router.post(
@@ -98,8 +103,9 @@ COMPLETIONS = _Face("/v1/completions", CompletionChunks, text_completion)
     responses={200: _stream_doc, **_GENERATION_ERRORS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    """A chat completion; the conversation is rendered into one prompt and system prompt."""
-    domain = chat_to_request(body.chat_messages(), body.generation_options())
+    """A chat completion: the conversation, tools and response format, in the model's own
+    chat form."""
+    domain = body.to_domain(runtime_of(request).settings.MAX_IMAGE_BYTES)
     return await _generate(CHAT, body, domain, request)
 
 
@@ -108,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 )
 async def completions(body: CompletionRequest, request: Request) -> Response:
     """A text completion of `prompt` (a single string)."""
-    domain = GenerationRequest(prompt=body.prompt, options=body.options())
+    domain = GenerationRequest.from_prompt(body.prompt, options=body.options())
     return await _generate(COMPLETIONS, body, domain, request)
 
 
@@ -118,29 +124,51 @@ async def _generate(
     domain: GenerationRequest,
     request: Request,
 ) -> Response:
-    # The runtime is read here rather than injected: see ``deps.runtime_of``.
-    runtime = runtime_of(request)
-    service = runtime.generation
-    principal = principal_of(request)
-    service.check(domain)
-    model = await runtime.models.resolve(body.model)
-    key_id = principal.key_id if principal is not None else None
-    try:
-        if body.stream:
-            generation = await cancel_on_disconnect(
-                request, service.start(domain, route=face.route, api_key_id=key_id, model=model)
-            )
-        else:
-            text, generation = await cancel_on_disconnect(
-                request,
-                service.complete(domain, route=face.route, api_key_id=key_id, model=model),
-            )
-    except ClientDisconnected:
+    generation = await run_generation(
+        request.scope,
+        request.receive,
+        domain,
+        route=face.route,
+        stream=body.stream,
+        model=body.model,
+    )
+    if generation is None:
         return Response(status_code=499)  # nobody reads it; the row says "cancelled"
     if body.stream:
         chunks = face.chunks.for_generation(generation, include_usage=body.include_usage)
         return EventStream(
             openai_events(generation, chunks),
-            ping_interval=runtime.settings.SSE_PING_INTERVAL_S,
+            ping_interval=runtime_of(request).settings.SSE_PING_INTERVAL_S,
         )
-    return Response(face.whole(text, generation).model_dump_json(), media_type="application/json")
+    return Response(face.whole(generation).model_dump_json(), media_type="application/json")
+
+
+@router.post("/embeddings", response_model=EmbeddingList, responses=_GENERATION_ERRORS)
+async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
+    """Embedding vectors for a text or a list of texts (`float`, or `base64` of float32)."""
+    answer = await runtime_of(request).embeddings.embed(
+        body.inputs,
+        route=EMBEDDINGS,
+        model=body.model,
+        dimensions=body.dimensions,
+        api_key_id=key_id_in(request.scope),
+    )
+    vectors = answer.embeddings.vectors
+    data = [
+        EmbeddingObject(
+            index=index,
+            embedding=vector if body.encoding_format == "float" else _base64_floats(vector),
+        )
+        for index, vector in enumerate(vectors)
+    ]
+    tokens = answer.embeddings.prompt_tokens
+    return EmbeddingList(
+        data=data,
+        model=answer.model,
+        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``base64`` encoding: the float32 little-endian bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -1,0 +1,48 @@
+"""The one route helper every generation route uses (native, OpenAI, and the faces to come).
+
+A route parses its wire request into a :class:`~llmserve.domain.GenerationRequest`, calls
+:func:`run_generation`, and renders what it gets back: an open :class:`Generation` to stream, a
+finished one to answer whole, or ``None`` when the client left before the answer started (the
+row says ``cancelled``; the route answers 499, which nobody reads). The API key, the disconnect
+watch and the service call live here once.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Receive, Scope
+
+from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from llmserve.domain import GenerationRequest
+from llmserve.runtime import Runtime
+from llmserve.services.generation import Generation
+
+
+def runtime_in(scope: Scope) -> Runtime:
+    return scope["app"].state.runtime
+
+
+def key_id_in(scope: Scope) -> int | None:
+    principal = scope.get("state", {}).get("principal")
+    return principal.key_id if principal is not None else None
+
+
+async def run_generation(
+    scope: Scope,
+    receive: Receive,
+    request: GenerationRequest,
+    *,
+    route: str,
+    stream: bool,
+    model: str | None = None,
+) -> Generation | None:
+    """Open (``stream``) or run to its end (not ``stream``) one generation under the client's
+    key, cancelled if the client disconnects first. ``model``: the name the client asked for
+    (None: the active model). Errors before the first byte raise ``LlmserveError``."""
+    runtime = runtime_in(scope)
+    work = runtime.generation.generate(
+        request, route=route, model=model, api_key_id=key_id_in(scope), whole=not stream
+    )
+    try:
+        return await cancel_on_disconnect(receive, work)
+    except ClientDisconnected:
+        return None

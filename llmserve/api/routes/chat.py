@@ -1,0 +1,90 @@
+"""``POST /api/v1/chat`` and ``POST /api/v1/embed``: conversations and embeddings, native API.
+
+Same strictness as generate (unknown fields 422), the active model, and the same generation
+entry point; the stream is generate's SSE (``data: {"response"}`` per text delta, then
+``data: {"tool_calls": [...]}`` when the answer holds calls, then ``data: {}``).
+"""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from llmserve.api.deps import runtime_of
+from llmserve.api.generating import key_id_in, run_generation
+from llmserve.api.routes.generate import JsonAnswer
+from llmserve.api.schemas import (
+    ChatRequest,
+    ChatResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    native_tool_calls,
+)
+from llmserve.api.sse import EventStream, generation_events
+
+router = APIRouter(prefix="/api/v1", tags=["generate"])
+
+CHAT_ROUTE = "/api/v1/chat"
+EMBED_ROUTE = "/api/v1/embed"
+_errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 502, 503, 504)}
+
+
+@router.post(
+    "/chat",
+    response_model=ChatResponse,
+    responses={
+        200: {
+            "description": "The answer, or Server-Sent Events with `stream: true`.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'data: {"response": "Hello"}\n\ndata: {}\n\n',
+                }
+            },
+        },
+        **_errors,
+    },
+)
+async def chat(body: ChatRequest, request: Request) -> Response:
+    """Answer a conversation with the active model (tools, images, `format`)."""
+    runtime = runtime_of(request)
+    domain = body.to_domain(runtime.settings.MAX_IMAGE_BYTES)
+    generation = await run_generation(
+        request.scope, request.receive, domain, route=CHAT_ROUTE, stream=body.stream
+    )
+    if generation is None:
+        return Response(status_code=499)  # nobody reads it; the row says "cancelled"
+    if body.stream:
+        return EventStream(
+            generation_events(generation), ping_interval=runtime.settings.SSE_PING_INTERVAL_S
+        )
+    result = generation.result
+    assert result is not None
+    message: dict[str, object] = {"role": "assistant", "content": generation.text}
+    if result.tool_calls:
+        message["tool_calls"] = native_tool_calls(result.tool_calls)
+    payload = {
+        "message": message,
+        "model": generation.model,
+        "done_reason": result.done_reason,
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+        },
+    }
+    return JsonAnswer(orjson.dumps(payload))
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=_errors)
+async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
+    """Embedding vectors for a text or a list of texts (`EMBEDDING_MODEL`, else the active
+    model)."""
+    answer = await runtime_of(request).embeddings.embed(
+        body.inputs, route=EMBED_ROUTE, api_key_id=key_id_in(request.scope)
+    )
+    return EmbedResponse(
+        embeddings=answer.embeddings.vectors,
+        model=answer.model,
+        usage={"prompt_tokens": answer.embeddings.prompt_tokens},
+    )
