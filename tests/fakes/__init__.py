@@ -1,6 +1,7 @@
 """Test doubles for llmserve's upstreams; see :mod:`tests.fakes.ollama_double`."""
 
 from tests.fakes.ollama_double import (
+    EmbedRecord,
     GenerationRecord,
     OllamaDouble,
     PullRecord,
@@ -10,6 +11,7 @@ from tests.fakes.ollama_double import (
 )
 
 __all__ = [
+    "EmbedRecord",
     "GenerationRecord",
     "OllamaDouble",
     "PullRecord",

@@ -1,5 +1,5 @@
-"""Ollama's model-management endpoints for the double (ollama-api.md §3): version, tags, ps, show,
-pull, delete and copy."""
+"""Ollama's model-management endpoints for the double: version, tags, ps, show (with the model's
+``capabilities``), pull, delete and copy."""
 
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ async def handle_show(state: DoubleState, ex: Exchange) -> None:
             "general.architecture": entry.family,
             "general.parameter_count": 3_212_749_888,
             f"{entry.family}.context_length": 131072,
+            f"{entry.family}.embedding_length": entry.embedding_dim,
         },
         "capabilities": list(entry.capabilities),
         "modified_at": entry.modified_at,

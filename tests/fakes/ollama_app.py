@@ -19,8 +19,10 @@ from tests.fakes.ollama_admin import (
     handle_tags,
     handle_version,
 )
+from tests.fakes.ollama_chat import handle_chat
 from tests.fakes.ollama_decode import RequestError
-from tests.fakes.ollama_generate import handle_chat, handle_generate
+from tests.fakes.ollama_embed import handle_embed, handle_embeddings
+from tests.fakes.ollama_generate import handle_generate
 from tests.fakes.ollama_records import RecordedRequest
 from tests.fakes.ollama_state import DoubleState
 from tests.fakes.ollama_wire import GIN_TEXT_TYPE, Exchange, Receive, Scope, Send
@@ -36,6 +38,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/ps": {"GET": handle_ps},
     "/api/generate": {"POST": handle_generate},
     "/api/chat": {"POST": handle_chat},
+    "/api/embed": {"POST": handle_embed},
+    "/api/embeddings": {"POST": handle_embeddings},
     "/api/show": {"POST": handle_show},
     "/api/pull": {"POST": handle_pull},
     "/api/delete": {"DELETE": handle_delete},
@@ -44,7 +48,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
 
 
 def host_allowed(host_header: str) -> bool:
-    """Ollama's DNS-rebinding guard for a loopback listener (ollama-api.md §5, OLLAMA_HOST)."""
+    """Ollama's DNS-rebinding guard for a loopback listener (``OLLAMA_HOST``)."""
     host = host_header.lower()
     if host.startswith("["):
         host = host[1:].partition("]")[0]

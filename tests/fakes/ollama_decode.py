@@ -1,4 +1,4 @@
-"""Request decoding that fails the way Ollama's Go code does (ollama-api.md §1, §4).
+"""Request decoding that fails the way Ollama's Go code does.
 
 Gin's ``ShouldBindJSON`` decodes the body with ``encoding/json`` whatever the Content-Type says:
 an empty body is ``io.EOF`` (400 ``missing request body``), only the first JSON value is read,
@@ -37,35 +37,42 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
-def _type_error(value: Any, where: str, go_type: str) -> RequestError:
+def type_error(value: Any, where: str, go_type: str) -> RequestError:
+    """Go's ``*json.UnmarshalTypeError`` for ``value`` found at ``where`` (``Struct.path``)."""
     kind = _json_kind(value)
     return RequestError(
         400, f"json: cannot unmarshal {kind} into Go struct field {where} of type {go_type}"
     )
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def string(value: Any, where: str) -> None:
     if not isinstance(value, str):
-        raise _type_error(value, where, "string")
+        raise type_error(value, where, "string")
 
 
 def boolean(value: Any, where: str) -> None:
     if not isinstance(value, bool):
-        raise _type_error(value, where, "bool")
+        raise type_error(value, where, "bool")
 
 
 def integer(value: Any, where: str) -> None:
-    if not (_is_number(value) and float(value).is_integer()):
-        raise _type_error(value, where, "int")
+    if not is_number(value):
+        raise type_error(value, where, "int")
+    if isinstance(value, float):  # Go's ParseInt refuses "1.5" and "1.0" alike, naming them
+        raise RequestError(
+            400,
+            f"json: cannot unmarshal number {json.dumps(value)} into Go struct field {where} "
+            "of type int",
+        )
 
 
 def obj(value: Any, where: str) -> None:
     if not isinstance(value, dict):
-        raise _type_error(value, where, "map[string]interface {}")
+        raise type_error(value, where, "map[string]interface {}")
 
 
 def anything(value: Any, where: str) -> None:
@@ -75,7 +82,7 @@ def anything(value: Any, where: str) -> None:
 def list_of(item: FieldCheck, go_type: str) -> FieldCheck:
     def check(value: Any, where: str) -> None:
         if not isinstance(value, list):
-            raise _type_error(value, where, go_type)
+            raise type_error(value, where, go_type)
         for element in value:
             if element is not None:
                 item(element, where)
@@ -83,18 +90,38 @@ def list_of(item: FieldCheck, go_type: str) -> FieldCheck:
     return check
 
 
-def struct_list(fields: Mapping[str, FieldCheck], go_type: str) -> FieldCheck:
+def _relabel(where: str, struct_name: str | None) -> str:
+    """Where a nested struct's fields are reported: Go names the innermost struct type and the
+    full path (``Tool.tools.function``); behind a custom ``UnmarshalJSON`` (``struct_name=None``,
+    e.g. ``api.Message``) the outer struct's name stays (``ChatRequest.messages.content``)."""
+    if struct_name is None:
+        return where
+    return f"{struct_name}.{where.partition('.')[2]}"
+
+
+def struct(fields: Mapping[str, FieldCheck], go_type: str, struct_name: str | None) -> FieldCheck:
+    """A nested Go struct such as ``api.ToolFunction`` (``struct_name="ToolFunction"``)."""
+
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            raise type_error(value, where, go_type)
+        _check_fields(value, fields, _relabel(where, struct_name))
+
+    return check
+
+
+def struct_list(
+    fields: Mapping[str, FieldCheck], go_type: str, struct_name: str | None = None
+) -> FieldCheck:
     """A list of Go structs, e.g. ``[]api.Message``."""
+    element = struct(fields, go_type.removeprefix("[]"), struct_name)
 
     def check(value: Any, where: str) -> None:
         if not isinstance(value, list):
-            raise _type_error(value, where, go_type)
-        for element in value:
-            if element is None:
-                continue
-            if not isinstance(element, dict):
-                raise _type_error(element, where, go_type.removeprefix("[]"))
-            _check_fields(element, fields, where)
+            raise type_error(value, where, go_type)
+        for item in value:
+            if item is not None:
+                element(item, where)
 
     return check
 
@@ -165,6 +192,16 @@ def decode_body(body: bytes, fields: Mapping[str, FieldCheck], struct: str) -> d
     return result
 
 
+def received_json(body: bytes) -> Any:
+    """The first JSON value of ``body`` exactly as sent (``None`` when there is none)."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+    except ValueError:
+        return None
+    return value
+
+
 _DURATION = re.compile(r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -185,7 +222,7 @@ def parse_keep_alive(value: Any) -> float:
     Raises :class:`RequestError` 400 with Go's messages, e.g. ``time: missing unit in duration
     "300"`` for a unit-less string.
     """
-    if _is_number(value):
+    if is_number(value):
         return -1.0 if value < 0 else float(value)
     if not isinstance(value, str):
         raise RequestError(400, f"Unsupported type: '{_json_kind(value)}'")
@@ -213,47 +250,3 @@ def check_think(value: Any) -> bool:
     raise RequestError(
         400, f'invalid think value: {shown} (must be "high", "medium", "low", true, or false)'
     )
-
-
-def check_format(value: Any) -> None:
-    """``format`` must be ``"json"`` or a JSON-schema object (else 500 before any output)."""
-    if value in ("", "json") or isinstance(value, dict):
-        return
-    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    raise RequestError(500, f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
-
-
-_INT_OPTIONS = {
-    "num_predict", "num_ctx", "seed", "top_k", "num_keep", "repeat_last_n",
-    "num_batch", "num_gpu", "main_gpu", "num_thread",
-}  # fmt: skip
-_FLOAT_OPTIONS = {
-    "temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
-    "presence_penalty", "frequency_penalty",
-}  # fmt: skip
-_BOOL_OPTIONS = {"use_mmap", "numa", "penalize_newline"}
-
-
-def check_options(options: Mapping[str, Any]) -> None:
-    """Type-check known runner options (500 from Ollama's scheduling step); ignore unknown ones."""
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key in _INT_OPTIONS and not _is_number(value):
-            raise RequestError(500, f'option "{key}" must be of type integer')
-        if key in _FLOAT_OPTIONS and not _is_number(value):
-            raise RequestError(500, f'option "{key}" must be of type float32')
-        if key in _BOOL_OPTIONS and not isinstance(value, bool):
-            raise RequestError(500, f'option "{key}" must be of type boolean')
-        if key == "stop" and not (
-            isinstance(value, list) and all(isinstance(item, str) for item in value)
-        ):
-            raise RequestError(500, f'option "{key}" must be of an array of strings')
-
-
-def num_predict(options: Mapping[str, Any]) -> int | None:
-    """The positive ``num_predict`` limit, or ``None`` when unlimited (absent, 0, -1, -2)."""
-    value = options.get("num_predict")
-    if _is_number(value) and int(value) > 0:
-        return int(value)
-    return None

@@ -8,8 +8,14 @@ Usage::
         record = double.generations[-1]
 
 The server runs in a background thread with its own event loop, so the double works the same for
-sync tests, async tests and subprocesses. Behaviour follows /work/shared/ollama-api.md §10; the
-scripting and recording API lives on :class:`~tests.fakes.ollama_state.DoubleState`.
+sync tests, async tests and subprocesses. The scripting and recording API lives on
+:class:`~tests.fakes.ollama_state.DoubleState`; :class:`~tests.fakes.ollama_records.Script` says
+how an answer goes (text, thinking, tool calls, JSON for ``format``, failures, timing).
+
+Routes: ``/``, ``/api/version``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/pull``,
+``/api/delete``, ``/api/copy``, ``/api/generate``, ``/api/chat`` (messages, images, tools,
+``format``; see :mod:`tests.fakes.ollama_chat`), ``/api/embed`` and ``/api/embeddings`` (see
+:mod:`tests.fakes.ollama_embed`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import uvicorn
 
 from tests.fakes.ollama_app import OllamaApp
 from tests.fakes.ollama_records import (
+    EmbedRecord,
     GenerationRecord,
     ModelEntry,
     PullRecord,
@@ -35,6 +42,7 @@ from tests.fakes.ollama_records import (
 from tests.fakes.ollama_state import DoubleState
 
 __all__ = [
+    "EmbedRecord",
     "GenerationRecord",
     "ModelEntry",
     "OllamaDouble",

@@ -1,4 +1,4 @@
-"""Ollama's model-name rules (ollama-api.md §6), private to the test double.
+"""Ollama's model-name rules, private to the test double.
 
 Deliberately not shared with production code: the double is an independent oracle, so a bug in
 llmserve's own name handling cannot hide behind the same bug here.

@@ -17,7 +17,10 @@ from datetime import datetime
 
 from tests.fakes.ollama_names import ModelName, parse_model_name
 from tests.fakes.ollama_records import (
+    DEFAULT_CAPABILITIES,
+    DEFAULT_EMBEDDING_DIM,
     DEFAULT_SIZE,
+    EmbedRecord,
     GenerationRecord,
     ModelEntry,
     PullRecord,
@@ -73,6 +76,7 @@ class DoubleState:
         self._requests: list[RecordedRequest] = []
         self._generations: list[GenerationRecord] = []
         self._pulls: list[PullRecord] = []
+        self._embeddings: list[EmbedRecord] = []
         self._cancelled: list[GenerationRecord] = []
         self._cancelled_pulls: list[PullRecord] = []
         self._cancel_cursor = 0
@@ -101,13 +105,18 @@ class DoubleState:
         family: str | None = None,
         parameter_size: str | None = None,
         quantization_level: str = "Q4_K_M",
-        capabilities: Iterable[str] = ("completion",),
+        capabilities: Iterable[str] = DEFAULT_CAPABILITIES,
+        embedding_dim: int = DEFAULT_EMBEDDING_DIM,
     ) -> str:
         """Install ``name`` (replacing a case-insensitive match); return its display name.
 
         ``modified_at`` defaults to now, later than every earlier default, so the newest model
-        comes first in ``/api/tags``. Add ``"thinking"``/``"insert"`` to ``capabilities`` to allow
-        ``think``/``suffix`` requests. Raises ``ValueError`` for a name Ollama would reject.
+        comes first in ``/api/tags``. ``capabilities`` defaults to ``("completion", "tools")``:
+        add ``"thinking"``/``"insert"`` to allow ``think``/``suffix`` requests, ``"vision"`` or
+        ``"embedding"`` to have ``/api/show`` list them; leave out ``"tools"`` to have chats that
+        offer tools refused, ``"completion"`` to have chat and generate refused (an embedding
+        model). ``embedding_dim`` is the length of the model's embedding vectors. Raises
+        ``ValueError`` for a name Ollama would reject.
         """
         parsed = _parse(name)
         if modified_at is not None:
@@ -122,6 +131,7 @@ class DoubleState:
                 parameter_size=parameter_size,
                 quantization_level=quantization_level,
                 capabilities=tuple(capabilities),
+                embedding_dim=embedding_dim,
             )
             self._models[parsed.key] = entry
         return entry.display
@@ -141,12 +151,26 @@ class DoubleState:
         return [entry.display for entry in self.installed()]
 
     def add_registry_model(
-        self, name: str, size: int = DEFAULT_SIZE, digest: str | None = None
+        self,
+        name: str,
+        size: int = DEFAULT_SIZE,
+        digest: str | None = None,
+        *,
+        capabilities: Iterable[str] = DEFAULT_CAPABILITIES,
+        embedding_dim: int = DEFAULT_EMBEDDING_DIM,
     ) -> str:
-        """Make ``name`` pullable. Installed models are pullable too (they came from upstream)."""
+        """Make ``name`` pullable. Installed models are pullable too (they came from upstream).
+        A pull installs it with these ``capabilities`` and ``embedding_dim``."""
         parsed = _parse(name)
         with self._lock:
-            entry = ModelEntry.build(parsed, size=size, digest=digest, modified_at=rfc3339())
+            entry = ModelEntry.build(
+                parsed,
+                size=size,
+                digest=digest,
+                modified_at=rfc3339(),
+                capabilities=tuple(capabilities),
+                embedding_dim=embedding_dim,
+            )
             self._registry[parsed.key] = entry
         return entry.display
 
@@ -204,6 +228,12 @@ class DoubleState:
             return list(self._pulls)
 
     @property
+    def embeddings(self) -> list[EmbedRecord]:
+        """Answered ``/api/embed`` and ``/api/embeddings`` requests, oldest first."""
+        with self._lock:
+            return list(self._embeddings)
+
+    @property
     def loaded(self) -> list[str]:
         """Display names of the models ``/api/ps`` lists."""
         return [entry.display for entry, _ in self.loaded_models()]
@@ -240,6 +270,7 @@ class DoubleState:
             self._requests.clear()
             self._generations.clear()
             self._pulls.clear()
+            self._embeddings.clear()
             self._cancelled.clear()
             self._cancelled_pulls.clear()
             self._cancel_cursor = self._pull_cancel_cursor = 0
@@ -310,6 +341,10 @@ class DoubleState:
     def begin_generation(self, record: GenerationRecord) -> None:
         with self._lock:
             self._generations.append(record)
+
+    def record_embedding(self, record: EmbedRecord) -> None:
+        with self._lock:
+            self._embeddings.append(record)
 
     def begin_pull(self, record: PullRecord) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The Ollama double behaves like Ollama (ollama-api.md §10), proven over real HTTP with httpx."""
+"""The Ollama double behaves like Ollama, proven over real HTTP with httpx."""
 
 from __future__ import annotations
 
@@ -10,69 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.fakes.double_testing import BUILT_IN, CREATED_AT, JSON_UTF8, METRICS, OTHER, lines
 from tests.fakes.ollama_double import OllamaDouble, Script
 from tests.fakes.ollama_names import parse_model_name
-
-BUILT_IN = "llama3.2"
-OTHER = "qwen2.5:0.5b"
-CREATED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
-METRICS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
-JSON_UTF8 = "application/json; charset=utf-8"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[OllamaDouble]:
-    with OllamaDouble.running(models=[BUILT_IN, OTHER]) as double:
-        yield double
-
-
-@pytest.fixture
-def double(server: OllamaDouble) -> Iterator[OllamaDouble]:
-    """The module's double with fresh scripts, records and the two standard models."""
-    server.reset()
-    for name in server.models:
-        server.remove_model(name)
-    server.add_model(BUILT_IN)
-    server.add_model(OTHER)
-    yield server
-    server.reset()
-
-
-@pytest.fixture(scope="module")
-def http(server: OllamaDouble) -> Iterator[httpx.Client]:
-    """One client for the module (building a client loads a CA bundle: ~40 ms each time)."""
-    with httpx.Client(base_url=server.base_url, timeout=5) as shared:
-        yield shared
-
-
-@pytest.fixture
-def client(double: OllamaDouble, http: httpx.Client) -> httpx.Client:
-    return http
-
-
-def lines(response: httpx.Response) -> list[dict[str, Any]]:
-    """Parse an NDJSON body, checking the framing: compact objects, each ending in a newline."""
-    body = response.text
-    assert body.endswith("\n")
-    parsed = []
-    for line in body.removesuffix("\n").split("\n"):
-        value = json.loads(line)
-        assert line == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        parsed.append(value)
-    return parsed
 
 
 def generate(client: httpx.Client, timeout: float = 5, **body: Any) -> httpx.Response:
@@ -609,7 +554,8 @@ def test_show(client: httpx.Client) -> None:
     shown = client.post("/api/show", json={"name": "LLAMA3.2"})
     assert shown.status_code == 200
     body = shown.json()
-    assert body["capabilities"] == ["completion"] and body["details"]["family"] == "llama"
+    assert body["capabilities"] == ["completion", "tools"]
+    assert body["details"]["family"] == "llama"
     assert {"modelfile", "parameters", "template", "model_info"} <= set(body)
 
 
