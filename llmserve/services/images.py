@@ -8,7 +8,9 @@ Every backend takes images as base64 data. A face turns a ``data:`` URL into its
 * ``ALLOW_IMAGE_URLS=false`` (the default) refuses it: 400 ``image_url_not_allowed``;
 * otherwise the host's addresses must all be public (never private, loopback, link-local,
   multicast or reserved: a private server would otherwise let its clients reach the machines
-  behind it); redirects are followed by hand, each hop checked the same way, at most
+  behind it), and the request goes to the address that was checked (a name that resolves
+  differently a moment later changes nothing); redirects are followed by hand, each hop
+  checked the same way, at most
   ``MAX_REDIRECTS``; the body may not exceed ``MAX_IMAGE_BYTES``; the whole fetch has a timeout.
 """
 
@@ -128,8 +130,7 @@ class ImageFetcher:
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
-            await self._check(url)
-            request = self._client.build_request("GET", url)
+            request = self._pinned_request(url, await self._check(url))
             response = await self._client.send(request, stream=True, follow_redirects=False)
             try:
                 if response.is_redirect and "location" in response.headers:
@@ -144,7 +145,19 @@ class ImageFetcher:
                 await response.aclose()
         raise errors.InvalidRequestError(f"the image at {url} redirects too often")
 
-    async def _check(self, url: str) -> None:
+    def _pinned_request(self, url: str, address: str) -> httpx.Request:
+        """A GET of ``url`` sent to the ``address`` that was checked, not to whatever the name
+        resolves to a moment later (DNS rebinding); the Host header and TLS name stay the
+        URL's."""
+        target = httpx.URL(url)
+        host = target.host
+        pinned = target.copy_with(host=address)
+        headers = {"Host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": host} if target.scheme == "https" else {}
+        return self._client.build_request("GET", pinned, headers=headers, extensions=extensions)
+
+    async def _check(self, url: str) -> str:
+        """The address to fetch ``url`` from, once every address of its host is allowed."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.ImageUrlNotAllowedError(f"'{url}' is not an http(s) URL")
@@ -159,6 +172,7 @@ class ImageFetcher:
             raise errors.ImageUrlNotAllowedError(
                 f"the image URL {url} points to a private, loopback or link-local address"
             )
+        return addresses[0]
 
     async def _body(self, response: httpx.Response, url: str) -> bytes:
         declared = response.headers.get("content-length", "")

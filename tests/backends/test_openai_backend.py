@@ -100,7 +100,7 @@ async def backend(server_url: str, client: httpx.AsyncClient) -> OpenAIBackend:
 
 
 def request(prompt: str = "Why is the sky blue?", **options: object) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, options=GenerationOptions(**options))  # type: ignore[arg-type]
+    return GenerationRequest.from_prompt(prompt, options=GenerationOptions(**options))  # type: ignore[arg-type]
 
 
 async def collect(stream: GenerationStream) -> list[str]:
@@ -141,10 +141,10 @@ async def test_list_models_and_version(backend: OpenAIBackend) -> None:
 
 @pytest.mark.anyio
 async def test_streams_real_text(backend: OpenAIBackend) -> None:
-    req = GenerationRequest(
+    req = GenerationRequest.from_prompt(
         "Why is the sky blue?",
-        system="Answer in one sentence.",
-        options=GenerationOptions(max_tokens=16, temperature=0),
+        "Answer in one sentence.",
+        GenerationOptions(max_tokens=16, temperature=0),
     )
     started = time.perf_counter()
     stream = await backend.open_generation(ALIAS, req)
