@@ -264,7 +264,8 @@ class OllamaBackend:
         if status == 400 and model is not None and "invalid model name" in message:
             return errors.InvalidModelNameError(f"invalid model name '{model}'")
         if status == 400 and "does not support" in message:
-            return errors.UnsupportedError(f"model '{model}' {message.partition(' does ')[2]}")
+            what = message.partition(" does not support ")[2] or "this request"
+            return errors.UnsupportedError(f"model '{model}' does not support {what} (Ollama)")
         return errors.BackendError(f"Ollama answered {status}: {message}")
 
 
