@@ -1,36 +1,67 @@
-"""The llmserve error tree.
+"""The llmserve error tree, and the one registry of what each error kind means on every face.
 
 Lower layers (httpx, Ollama's JSON errors, the database) are translated into these types once,
-at the boundary where they happen. The API (``api/errors.py``) and the CLI (``cli/_run.py``) map
-each type to an HTTP status, an in-stream error event and an exit code; a test fails if a type
-is left unmapped.
+at the boundary where they happen. Each type declares, here and nowhere else:
 
-    LlmserveError                      code
-    ├── InvalidRequestError            invalid_request      bad input the schema could not catch
-    │   ├── PromptTooLargeError        prompt_too_large
-    │   └── InvalidModelNameError      invalid_model_name
-    ├── AuthenticationError            unauthorized         no key, or unknown/revoked/expired
-    ├── PermissionDeniedError          forbidden            the key lacks the admin scope
-    ├── ModelNotFoundError             model_not_found      the model is not installed
-    ├── ModelProtectedError            model_protected      the built-in model cannot be deleted
-    ├── ModelInUseError                model_in_use         the active model cannot be deleted
-    ├── NotSupportedError              not_supported        the backend lacks the capability
-    ├── OverloadedError                overloaded           admission queue full or timed out
-    ├── DatabaseUnavailableError       database_unavailable
-    └── BackendError                   backend_error        the backend answered with an error
-        ├── BackendUnavailableError    backend_unavailable  connection refused / reset
-        ├── BackendBusyError           backend_busy         the backend's own queue is full
-        ├── BackendTimeoutError        backend_timeout      no answer / no token in time
-        └── BackendStreamError         backend_stream_error error line or cut stream mid-way
+* ``code``: the machine code clients read (unique per type);
+* ``status``: the HTTP status (``api/errors.py`` builds every error body from the type);
+* ``exit_code``: the CLI's exit code (``cli/_run.py``);
+* ``openai_type``: OpenAI's error ``type`` (``openai_code``: OpenAI's ``code``, when it differs);
+* ``log_status``: the request log's status for a generation that failed with it.
+
+A subclass declares only what differs from its parent; a test checks that every type resolves
+every attribute and that no two types share a code.
+
+    type                               code                  HTTP exit
+    LlmserveError                      internal_error         500   1
+    ├── InvalidRequestError            invalid_request        400   2  bad input the schema let by
+    │   ├── PromptTooLargeError        prompt_too_large       413   2
+    │   ├── InvalidModelNameError      invalid_model_name     400   2
+    │   ├── UnsupportedError           unsupported            400   5  capability the model lacks
+    │   ├── ImageUrlNotAllowedError    image_url_not_allowed  400   2
+    │   ├── BodyTooLargeError          body_too_large         413   2
+    │   ├── HeadersTooLargeError       headers_too_large      431   2
+    │   ├── RouteNotFoundError         not_found              404   2  no route at this path
+    │   └── MethodNotAllowedError      method_not_allowed     405   2
+    ├── AuthenticationError            unauthorized           401  11  no or bad key
+    ├── PermissionDeniedError          forbidden              403  12  the key is not admin
+    ├── ModelNotFoundError             model_not_found        404   3  the model is not installed
+    ├── ModelProtectedError            model_protected        403   4  the built-in model stays
+    ├── ModelInUseError                model_in_use           409   4  the active model stays
+    ├── NotSupportedError              not_supported          501   5  the backend cannot do it
+    ├── OverloadedError                overloaded             429   6  admission full/timed out
+    ├── DatabaseUnavailableError       database_unavailable   503   7
+    ├── ShuttingDownError              shutting_down          503   9  cut by the server's stop
+    └── BackendError                   backend_error          502   8  the backend said error
+        ├── BackendUnavailableError    backend_unavailable    503   9  connection refused/reset
+        ├── BackendBusyError           backend_busy           503   9  the backend's queue is full
+        ├── BackendTimeoutError        backend_timeout        504  10  no answer/token in time
+        └── BackendStreamError         backend_stream_error   502   8  error line or cut stream
+
+``openai_type`` follows OpenAI's own choices: ``invalid_request_error`` for bad requests (401
+included, with code ``invalid_api_key``), ``permission_error`` for 403, ``not_found_error`` for
+404, ``rate_limit_error`` for 429, ``api_error`` for the rest. ``log_status`` is ``rejected`` for
+an overload, ``timeout`` for a backend timeout and ``error`` otherwise.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+LogStatus = Literal["rejected", "timeout", "error"]
 
 
 class LlmserveError(Exception):
     """Base of every error llmserve reports to a client. ``detail`` is for humans."""
 
-    code = "internal_error"
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    openai_type: ClassVar[str] = "api_error"
+    openai_code: ClassVar[str | None] = None  # None: the same as ``code``
+    log_status: ClassVar[LogStatus] = "error"
+    #: Seconds a client should wait before trying again (a ``Retry-After`` header), if any.
+    retry_after: int | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -39,42 +70,103 @@ class LlmserveError(Exception):
 
 class InvalidRequestError(LlmserveError):
     code = "invalid_request"
+    status = 400
+    exit_code = 2
+    openai_type = "invalid_request_error"
 
 
 class PromptTooLargeError(InvalidRequestError):
     code = "prompt_too_large"
+    status = 413
 
 
 class InvalidModelNameError(InvalidRequestError):
     code = "invalid_model_name"
 
 
+class UnsupportedError(InvalidRequestError):
+    """The request uses a capability its model or backend lacks (tools on the embedded engine,
+    images on a text model); the message names the capability and the model."""
+
+    code = "unsupported"
+    exit_code = 5
+
+
+class ImageUrlNotAllowedError(InvalidRequestError):
+    code = "image_url_not_allowed"
+
+
+class BodyTooLargeError(InvalidRequestError):
+    code = "body_too_large"
+    status = 413
+
+
+class HeadersTooLargeError(InvalidRequestError):
+    code = "headers_too_large"
+    status = 431
+
+
+class RouteNotFoundError(InvalidRequestError):
+    code = "not_found"
+    status = 404
+    openai_type = "not_found_error"
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    code = "method_not_allowed"
+    status = 405
+
+
 class AuthenticationError(LlmserveError):
     code = "unauthorized"
+    status = 401
+    exit_code = 11
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_api_key"
 
 
 class PermissionDeniedError(LlmserveError):
     code = "forbidden"
+    status = 403
+    exit_code = 12
+    openai_type = "permission_error"
 
 
 class ModelNotFoundError(LlmserveError):
     code = "model_not_found"
+    status = 404
+    exit_code = 3
+    openai_type = "not_found_error"
 
 
 class ModelProtectedError(LlmserveError):
     code = "model_protected"
+    status = 403
+    exit_code = 4
+    openai_type = "permission_error"
 
 
 class ModelInUseError(LlmserveError):
     code = "model_in_use"
+    status = 409
+    exit_code = 4
+    openai_type = "invalid_request_error"
 
 
 class NotSupportedError(LlmserveError):
+    """The backend cannot do this at all (pulling models on the openai backend)."""
+
     code = "not_supported"
+    status = 501
+    exit_code = 5
 
 
 class OverloadedError(LlmserveError):
     code = "overloaded"
+    status = 429
+    exit_code = 6
+    openai_type = "rate_limit_error"
+    log_status = "rejected"
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail)
@@ -83,14 +175,32 @@ class OverloadedError(LlmserveError):
 
 class DatabaseUnavailableError(LlmserveError):
     code = "database_unavailable"
+    status = 503
+    exit_code = 7
+
+
+class ShuttingDownError(LlmserveError):
+    """The server is stopping: a request still running at the end of the grace period."""
+
+    code = "shutting_down"
+    status = 503
+    exit_code = 9
+
+    def __init__(self, detail: str = "the server is shutting down", retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class BackendError(LlmserveError):
     code = "backend_error"
+    status = 502
+    exit_code = 8
 
 
 class BackendUnavailableError(BackendError):
     code = "backend_unavailable"
+    status = 503
+    exit_code = 9
 
     def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__(detail)
@@ -99,6 +209,8 @@ class BackendUnavailableError(BackendError):
 
 class BackendBusyError(BackendError):
     code = "backend_busy"
+    status = 503
+    exit_code = 9
 
     def __init__(self, detail: str, retry_after: int = 2) -> None:
         super().__init__(detail)
@@ -107,6 +219,9 @@ class BackendBusyError(BackendError):
 
 class BackendTimeoutError(BackendError):
     code = "backend_timeout"
+    status = 504
+    exit_code = 10
+    log_status = "timeout"
 
 
 class BackendStreamError(BackendError):
@@ -114,11 +229,11 @@ class BackendStreamError(BackendError):
 
 
 def all_error_types() -> list[type[LlmserveError]]:
-    """Every concrete error type, for the tests that prove each one is mapped."""
+    """Every error type, base first, for the tests that prove each one is complete."""
     found: list[type[LlmserveError]] = []
     pending: list[type[LlmserveError]] = [LlmserveError]
     while pending:
-        cls = pending.pop()
+        cls = pending.pop(0)
         found.append(cls)
         pending.extend(cls.__subclasses__())
     return found

@@ -13,7 +13,7 @@ from llmserve import __version__
 from llmserve.api import errors
 from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.drain import DrainBeforeShutdown
-from llmserve.api.limits import BodyLimitMiddleware, body_limit_for
+from llmserve.api.limits import BodyLimitMiddleware, body_limit_for, image_body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
 from llmserve.api.routes import chat, generate, health, models, openai
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
@@ -61,7 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     # Added last, so they run first: an oversized body is refused before anything else, and
     # every response, refusals included, carries its X-Request-ID.
-    app.add_middleware(BodyLimitMiddleware, limit=body_limit_for(settings.MAX_PROMPT_CHARS))
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=body_limit_for(settings.MAX_PROMPT_CHARS),
+        image_limit=image_body_limit_for(settings.MAX_PROMPT_CHARS, settings.MAX_IMAGE_BYTES),
+    )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(generate.router)
     generate.install_fast_route(app.router)

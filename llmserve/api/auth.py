@@ -10,13 +10,13 @@ authenticates against the in-memory key cache (no database trip) and leaves the
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmserve import errors
+from llmserve.api.errors import send_error
 from llmserve.services.keys import Principal
 
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
@@ -36,7 +36,7 @@ class AuthMiddleware:
         try:
             principal = await keys.authenticate(key)
         except errors.AuthenticationError as exc:
-            await _unauthorized(send, exc.detail, openai=scope["path"].startswith("/v1/"))
+            await send_error(scope, send, exc)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
@@ -51,33 +51,6 @@ def _key_from(headers: list[tuple[bytes, bytes]]) -> str | None:
         elif name == b"x-api-key" and value:
             return value.decode("latin-1").strip()
     return None
-
-
-async def _unauthorized(send: Send, detail: str, *, openai: bool) -> None:
-    if openai:
-        payload = {
-            "error": {
-                "message": detail,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-        }
-    else:
-        payload = {"detail": detail, "code": errors.AuthenticationError.code}
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="llmserve"'),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def principal_of(request: Request) -> Principal | None:

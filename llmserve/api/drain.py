@@ -9,11 +9,13 @@ running requests and delays ``lifespan.shutdown`` (bounded) until none is left.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmserve import errors
+from llmserve.api.errors import send_error
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +79,12 @@ class DrainBeforeShutdown:
 
 async def _try_send_shutting_down(scope: Scope, send: Send) -> bool:
     """Send a 503 if no response was started yet; False if one was (the server refuses)."""
-    body = json.dumps({"detail": "the server is shutting down", "code": "shutting_down"})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
+    headers = [(b"connection", b"close")]
     request_id = scope.get("state", {}).get("request_id")
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
     try:
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send_error(scope, send, errors.ShuttingDownError(), headers)
     except RuntimeError:  # a response was already started (or finished)
         return False
-    await send({"type": "http.response.body", "body": body.encode()})
     return True

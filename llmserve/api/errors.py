@@ -1,64 +1,145 @@
-"""One map from llmserve error type to HTTP status (SPEC §3, §7), and the JSON error body."""
+"""Every error body the API sends, built from the one registry (``llmserve/errors.py``).
+
+Two envelopes: the native ``{"detail", "code"}`` (:func:`error_body`) and OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` (:func:`openai_error_body`), which the
+``/v1/`` routes use. Three ways out: a response for routes and exception handlers
+(:func:`error_response`), raw ASGI for the middlewares that answer before the app does
+(:func:`send_error`), and one SSE event after the first streamed byte (``api/sse.py`` and
+``api/openai_wire.py`` frame the same bodies).
+
+The framework's own refusals (no such route, wrong method, a body that cannot be parsed) are
+translated into error types too (:func:`framework_error`), so every 4xx carries a ``code``.
+FastAPI's request validation keeps its 422 format (its ``detail`` is a list of errors).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import Scope, Send
 
 from llmserve import errors
 
-#: HTTP status per error type; the most specific class in the MRO wins.
-STATUS: dict[type[errors.LlmserveError], int] = {
-    errors.LlmserveError: 500,
-    errors.InvalidRequestError: 400,
-    errors.PromptTooLargeError: 413,
-    errors.InvalidModelNameError: 400,
-    errors.AuthenticationError: 401,
-    errors.PermissionDeniedError: 403,
-    errors.ModelNotFoundError: 404,
-    errors.ModelProtectedError: 403,
-    errors.ModelInUseError: 409,
-    errors.NotSupportedError: 501,
-    errors.OverloadedError: 429,
-    errors.DatabaseUnavailableError: 503,
-    errors.BackendError: 502,
-    errors.BackendUnavailableError: 503,
-    errors.BackendBusyError: 503,
-    errors.BackendTimeoutError: 504,
-    errors.BackendStreamError: 502,
+#: Paths whose errors are answered in OpenAI's envelope when no route says otherwise.
+OPENAI_PREFIX = "/v1/"
+
+#: The error type of each status the framework (Starlette, FastAPI) answers on its own.
+FRAMEWORK_ERRORS: dict[int, type[errors.LlmserveError]] = {
+    400: errors.InvalidRequestError,
+    401: errors.AuthenticationError,
+    403: errors.PermissionDeniedError,
+    404: errors.RouteNotFoundError,
+    405: errors.MethodNotAllowedError,
+    413: errors.BodyTooLargeError,
+    431: errors.HeadersTooLargeError,
 }
+
+OpenAIBody = dict[str, dict[str, str | None]]
 
 
 def status_for(error: errors.LlmserveError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return error.status
 
 
-def error_body(error: errors.LlmserveError) -> dict[str, str]:
-    return {"detail": error.detail, "code": error.code}
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)
 
 
-def error_response(error: errors.LlmserveError) -> JSONResponse:
+def error_headers(error: errors.LlmserveError) -> dict[str, str]:
+    """``WWW-Authenticate`` on a 401, ``Retry-After`` when the error says when to retry."""
     headers = {}
     if isinstance(error, errors.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="llmserve"'
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    return JSONResponse(error_body(error), status_code=status_for(error), headers=headers)
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    return headers
+
+
+def error_body(error: errors.LlmserveError) -> dict[str, str]:
+    """The native body: ``{"detail", "code"}``."""
+    return {"detail": error.detail, "code": error.code}
+
+
+def openai_envelope(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> OpenAIBody:
+    """OpenAI's error envelope, for errors that are not an llmserve type (validation)."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def openai_error_body(error: errors.LlmserveError) -> OpenAIBody:
+    """OpenAI's body for ``error``: its ``openai_type``, and its ``openai_code`` or ``code``."""
+    return openai_envelope(error.detail, error.openai_type, None, error.openai_code or error.code)
+
+
+def error_response(error: errors.LlmserveError, *, openai: bool = False) -> JSONResponse:
+    body = openai_error_body(error) if openai else error_body(error)
+    return JSONResponse(body, status_code=error.status, headers=error_headers(error))
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    error: errors.LlmserveError,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with ``error`` from raw ASGI (a middleware, before or instead of the app), in
+    OpenAI's envelope on the ``/v1/`` paths; ``headers`` are added to the error's own.
+
+    Raises ``RuntimeError`` (from the server) if a response has already been started.
+    """
+    payload: dict[str, Any]
+    payload = openai_error_body(error) if is_openai_path(scope["path"]) else error_body(error)
+    body = json.dumps(payload).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *[(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()],
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def framework_error(exc: HTTPException) -> errors.LlmserveError:
+    """The error type of a refusal by Starlette or FastAPI, with a clearer text for a body
+    that cannot be parsed (FastAPI says only "There was an error parsing the body")."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        detail = "the request body is not valid UTF-8 JSON"
+    elif isinstance(cause, RecursionError):
+        detail = "the request body's JSON is nested too deeply"
+    else:
+        detail = str(exc.detail)
+    fallback = errors.InvalidRequestError if exc.status_code < 500 else errors.LlmserveError
+    return FRAMEWORK_ERRORS.get(exc.status_code, fallback)(detail)
+
+
+def framework_error_response(exc: HTTPException, *, openai: bool) -> JSONResponse:
+    """:func:`error_response` for a framework refusal, with its status and headers (``Allow``)."""
+    response = error_response(framework_error(exc), openai=openai)
+    response.status_code = exc.status_code  # differs only for a status with no error type
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
 
 
 def install(app: FastAPI) -> None:
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, errors.LlmserveError)
-        return error_response(exc)
+        return error_response(exc, openai=is_openai_path(request.scope["path"]))
+
+    async def framework(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return framework_error_response(exc, openai=is_openai_path(request.scope["path"]))
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's own 422 echoes the input, and JSON cannot carry NaN or Infinity (a body
@@ -67,6 +148,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     app.add_exception_handler(errors.LlmserveError, handle)
+    app.add_exception_handler(HTTPException, framework)
     app.add_exception_handler(RequestValidationError, invalid)
 
 

@@ -10,12 +10,18 @@ or run uvicorn with h11, to bound that too.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmserve import errors
+from llmserve.api.errors import send_error
 
 #: Names plus values of all request headers (nginx's default is 4 buffers of 8 KB; h11's 16 KB).
 MAX_HEADER_BYTES = 32 * 1024
+
+
+#: Routes whose messages may carry images: their bodies may also hold one image of the
+#: largest size (MAX_IMAGE_BYTES, base64).
+IMAGE_PATHS = frozenset({"/api/v1/chat", "/v1/chat/completions"})
 
 
 def body_limit_for(max_prompt_chars: int) -> int:
@@ -23,15 +29,22 @@ def body_limit_for(max_prompt_chars: int) -> int:
     return max_prompt_chars * 6 + 64 * 1024
 
 
+def image_body_limit_for(max_prompt_chars: int, max_image_bytes: int) -> int:
+    """The same, plus one image of ``max_image_bytes`` in base64."""
+    return body_limit_for(max_prompt_chars) + (max_image_bytes + 2) // 3 * 4
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, image_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.image_limit = max(limit, image_limit or 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.image_limit if scope["path"] in IMAGE_PATHS else self.limit
         chunked = False
         header_bytes = 0
         for name, value in scope["headers"]:
@@ -40,25 +53,24 @@ class BodyLimitMiddleware:
                 try:
                     length = int(value)
                 except ValueError:
-                    await _reject(
-                        scope, send, 400, "invalid Content-Length header", "invalid_request"
-                    )
+                    error = errors.InvalidRequestError("invalid Content-Length header")
+                    await _reject(scope, send, error)
                     return
-                if length > self.limit:
-                    await _too_large(scope, send, self.limit)
+                if length > limit:
+                    await _too_large(scope, send, limit)
                     return
             elif name == b"transfer-encoding":
                 chunked = True
         if header_bytes > MAX_HEADER_BYTES:
             detail = f"the request headers exceed {MAX_HEADER_BYTES} bytes"
-            await _reject(scope, send, 431, detail, "headers_too_large")
+            await _reject(scope, send, errors.HeadersTooLargeError(detail))
             return
         if chunked:
-            await self._counted(scope, receive, send)
+            await self._counted(scope, receive, send, limit)
         else:
             await self.app(scope, receive, send)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """A body without Content-Length: count it as it arrives; answer 413 past the limit.
 
         The app then sees the client as gone (frameworks turn exceptions raised while reading
@@ -74,10 +86,10 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     rejected = True
                     if not started:
-                        await _too_large(scope, send, self.limit)
+                        await _too_large(scope, send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -93,32 +105,9 @@ class BodyLimitMiddleware:
 
 
 async def _too_large(scope: Scope, send: Send, limit: int) -> None:
-    await _reject(scope, send, 413, f"the request body exceeds {limit} bytes", "body_too_large")
+    await _reject(scope, send, errors.BodyTooLargeError(f"the request body exceeds {limit} bytes"))
 
 
-async def _reject(scope: Scope, send: Send, status: int, detail: str, code: str) -> None:
-    """A JSON error; in OpenAI's envelope on the OpenAI-compatible routes."""
-    if scope["path"].startswith("/v1/"):
-        payload: dict[str, object] = {
-            "error": {
-                "message": detail,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": code,
-            }
-        }
-    else:
-        payload = {"detail": detail, "code": code}
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _reject(scope: Scope, send: Send, error: errors.LlmserveError) -> None:
+    """The error, and the connection closed: the rest of the request is never read."""
+    await send_error(scope, send, error, [(b"connection", b"close")])

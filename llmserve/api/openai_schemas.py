@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llmserve.api.schemas import Int64
 from llmserve.domain import (
     GenerationOptions,
     GenerationRequest,
@@ -262,10 +263,10 @@ class CompletionParams(_Lenient):
     """What both generation routes accept."""
 
     model: str = Field(min_length=1, description="An installed model, or the active model.")
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: Annotated[Int64, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: StrictInt | None = None
+    seed: Int64 | None = None
     stop: list[str] | None = Field(None, description="A string or a list of at most 4.")
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -318,7 +319,7 @@ class CompletionParams(_Lenient):
 
 class ChatCompletionRequest(CompletionParams):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Int64, Field(ge=1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     tools: list[ToolDefinition] | None = None
@@ -416,7 +417,7 @@ class EmbeddingRequest(_Lenient):
     model: str = Field(min_length=1, description="An installed model, or the active model.")
     input: str | list[str] = Field(description="A text or a list of texts (not token arrays).")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
+    dimensions: Annotated[Int64, Field(ge=1)] | None = None
     user: str | None = Field(None, description="Accepted and ignored.")
 
     @field_validator("input", mode="before")

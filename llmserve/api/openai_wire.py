@@ -18,10 +18,11 @@ Streams follow OpenAI's framing, event by event:
 ``APIError`` on such an event, and a client reading raw SSE sees that the answer is cut short.
 Everything checkable before the first byte gets a real status code instead.
 
-Errors before the first byte use OpenAI's envelope with the status of the one error map
-(``api.errors.STATUS``); :class:`OpenAIRoute` converts llmserve errors *and* FastAPI's request
-validation errors (422 elsewhere, 400 here, ``param`` naming the field) for the routes that use
-it, so the native routes keep their own formats.
+Errors before the first byte use OpenAI's envelope with the status, ``type`` and ``code`` each
+error type declares (``llmserve/errors.py``; the body is built in ``api/errors.py``);
+:class:`OpenAIRoute` converts llmserve errors, the framework's refusals (a body that cannot be
+parsed) *and* FastAPI's request validation errors (422 elsewhere, 400 here, ``param`` naming the
+field) for the routes that use it, so the native routes keep their own formats.
 
 Per fragment the work is one ``orjson.dumps`` of the text and two concatenations: the constant
 parts of a chunk are encoded once per stream.
@@ -40,9 +41,11 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from llmserve import errors
-from llmserve.api.errors import status_for
+from llmserve.api import errors as api_errors
+from llmserve.api.errors import openai_envelope as envelope
 from llmserve.api.openai_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -59,17 +62,6 @@ from llmserve.services.generation import Generation
 
 DONE = b"data: [DONE]\n\n"
 _HOLE = "\x00llmserve-hole\x00"  # stands for the per-fragment text while templates are encoded
-
-#: OpenAI's error ``type`` per HTTP status; anything else is ``api_error``.
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",  # OpenAI's own choice, with code "invalid_api_key"
-    403: "permission_error",
-    404: "not_found_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 
 def new_id(prefix: str) -> str:
@@ -102,28 +94,16 @@ def usage_dict(usage: Usage) -> dict[str, int]:
 # -- errors ----------------------------------------------------------------------------------
 
 
-def error_type(status: int) -> str:
-    return ERROR_TYPES.get(status, "api_error")
+def error_type(error: errors.LlmserveError | type[errors.LlmserveError]) -> str:
+    """OpenAI's error ``type`` for an error (or error type)."""
+    return error.openai_type
 
 
-def envelope(
-    message: str, type_: str, param: str | None = None, code: str | None = None
-) -> dict[str, dict[str, str | None]]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_body(error: errors.LlmserveError) -> dict[str, dict[str, str | None]]:
-    return envelope(error.detail, error_type(status_for(error)), None, error.code)
+error_body = api_errors.openai_error_body
 
 
 def error_response(error: errors.LlmserveError) -> JSONResponse:
-    headers = {}
-    if isinstance(error, errors.AuthenticationError):
-        headers["WWW-Authenticate"] = 'Bearer realm="llmserve"'
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    return JSONResponse(error_body(error), status_code=status_for(error), headers=headers)
+    return api_errors.error_response(error, openai=True)
 
 
 def error_event(error: errors.LlmserveError) -> bytes:
@@ -175,6 +155,8 @@ class OpenAIRoute(APIRoute):
                 return validation_error_response(exc)
             except errors.LlmserveError as exc:
                 return error_response(exc)
+            except HTTPException as exc:  # FastAPI's own: a body it cannot parse
+                return api_errors.framework_error_response(exc, openai=True)
 
         return handle
 

@@ -32,23 +32,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Integers the engines can read (Go's int64, C's int64_t); larger ones would be their errors.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 _DURATION = r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^0$"
 
 
 class GenerateOptions(_Strict):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
-    seed: StrictInt | None = None
+    top_k: Annotated[Int64, Field(ge=0)] | None = None
+    seed: Int64 | None = None
     stop: str | Annotated[list[str], Field(max_length=8)] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    num_ctx: Annotated[StrictInt, Field(ge=1)] | None = Field(
+    max_tokens: Annotated[Int64, Field(ge=1)] | None = None
+    num_ctx: Annotated[Int64, Field(ge=1)] | None = Field(
         None, description="Context length in tokens (Ollama)."
     )
     repeat_penalty: Annotated[float, Field(ge=0, le=2)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    keep_alive: StrictInt | StrictFloat | Annotated[str, Field(pattern=_DURATION)] | None = Field(
+    keep_alive: Int64 | StrictFloat | Annotated[str, Field(pattern=_DURATION)] | None = Field(
         None,
         description="How long Ollama keeps the model loaded: seconds, or a duration ('5m').",
     )

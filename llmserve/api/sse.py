@@ -45,9 +45,6 @@ SSE_HEADERS = [
 ]
 PING = b": ping\n\n"
 END = b"data: {}\n\n"
-SHUTDOWN = (
-    b'event: error\ndata: {"detail":"the server is shutting down","code":"shutting_down"}\n\n'
-)
 
 
 def data_event(payload: Any) -> bytes:
@@ -57,6 +54,10 @@ def data_event(payload: Any) -> bytes:
 def error_event(error: errors.LlmserveError) -> bytes:
     body = json.dumps(error_body(error), separators=(",", ":"))
     return b"event: error\ndata: " + body.encode() + b"\n\n"
+
+
+#: The last event of a stream the server cut at the end of its shutdown grace period.
+SHUTDOWN = error_event(errors.ShuttingDownError())
 
 
 def token_event(text: str) -> bytes:

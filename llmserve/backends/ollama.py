@@ -93,7 +93,7 @@ class OllamaBackend:
         if any(message.images for message in request.messages):
             await self._require(model, "vision", "images")
         forced = forced_schema(request)
-        payload = orjson.dumps(chat_body(model, request, forced))
+        payload = _dumps(chat_body(model, request, forced))
         try:
             response = await self._pool.post_json(
                 "/api/chat", payload, wait_s=self._first_token_timeout_s
@@ -452,6 +452,15 @@ def _error_message(raw: bytes) -> str:
     if isinstance(payload, dict) and "error" in payload:
         return str(payload["error"])
     return raw.decode("utf-8", "replace").strip()
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """orjson, or the standard library for what orjson refuses (integers beyond 64 bits in a
+    schema or in tool arguments: JSON allows them, and Ollama reads those as numbers)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False).encode()
 
 
 def chat_body(

@@ -1,7 +1,8 @@
 """Shared plumbing for commands: settings, the one ``asyncio.run``, and failing cleanly.
 
 Expected failures print one red line to stderr and exit non-zero; nothing here prints a
-traceback. Exit codes come from one table, next to the API's status table.
+traceback. Each error type declares its exit code (``llmserve/errors.py``), next to its HTTP
+status.
 """
 
 from __future__ import annotations
@@ -25,27 +26,6 @@ __all__ = ["configure_logging", "fail", "run", "settings_or_exit", "stdout_conso
 
 EXIT_INTERRUPTED = 130
 
-#: Exit code per error type; the most specific class in the MRO wins.
-EXIT_CODES: dict[type[errors.LlmserveError], int] = {
-    errors.LlmserveError: 1,
-    errors.InvalidRequestError: 2,
-    errors.PromptTooLargeError: 2,
-    errors.InvalidModelNameError: 2,
-    errors.AuthenticationError: 11,
-    errors.PermissionDeniedError: 12,
-    errors.ModelNotFoundError: 3,
-    errors.ModelProtectedError: 4,
-    errors.ModelInUseError: 4,
-    errors.NotSupportedError: 5,
-    errors.OverloadedError: 6,
-    errors.DatabaseUnavailableError: 7,
-    errors.BackendError: 8,
-    errors.BackendUnavailableError: 9,
-    errors.BackendBusyError: 9,
-    errors.BackendTimeoutError: 10,
-    errors.BackendStreamError: 8,
-}
-
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -56,10 +36,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def exit_code_for(error: errors.LlmserveError) -> int:
-    for cls in type(error).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    """The exit code ``error``'s type declares."""
+    return error.exit_code
 
 
 def settings_or_exit(**overrides: object) -> Settings:

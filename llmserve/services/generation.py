@@ -218,13 +218,9 @@ class Generation:
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, errors.LlmserveError):
+            # The type declares the log's status: rejected, timeout or error.
             self._error_code = exc.code
-        if isinstance(exc, errors.OverloadedError):
-            self._status, self._error = "rejected", exc.detail
-        elif isinstance(exc, errors.BackendTimeoutError):
-            self._status, self._error = "timeout", exc.detail
-        elif isinstance(exc, errors.LlmserveError):
-            self._status, self._error = "error", exc.detail
+            self._status, self._error = exc.log_status, exc.detail
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit | KeyboardInterrupt):
             self._status, self._error = "cancelled", "the client went away"
         else:

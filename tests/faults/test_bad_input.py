@@ -5,14 +5,15 @@ data for every operation), then the explicit cases. Decisions the SPEC leaves op
 
 * ``Content-Type: text/plain`` with a JSON body: 422. FastAPI parses a body as JSON only when
   the content type says JSON (or is missing), so the body is a string, which is not an object.
-* invalid UTF-8 and unparseable JSON (100 000 nested ``[``): FastAPI's 400
-  "There was an error parsing the body".
+* invalid UTF-8 and unparseable JSON (100 000 nested ``[``): 400 ``invalid_request`` (FastAPI
+  refuses them before validation, unlike a JSON syntax error, which is its 422 ``json_invalid``).
 * headers over 32 KB in total: 431 (``api/limits.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import time
@@ -187,6 +188,8 @@ def test_malformed_bodies_are_4xx(
 ) -> None:
     answer = _post(server, body)
     assert status_of(answer) == status, answer[:300]
+    if status == 400:  # an llmserve error body, with a code (422 is FastAPI's format)
+        assert set(json.loads(answer.partition(b"\r\n\r\n")[2])) == {"detail", "code"}
     assert not ollama.generations
     _alive(server)
 

@@ -310,3 +310,20 @@ def test_embed_uses_embedding_model_when_set(
     client = make_client(EMBEDDING_MODEL="qwen2.5:0.5b")
     assert client.post(EMBED, json={"input": "a"}).json()["model"] == "qwen2.5:0.5b"
     assert ollama.embeddings[-1].model == "qwen2.5:0.5b"
+
+
+def test_a_large_image_fits_where_images_go_and_only_there(
+    make_client: Callable[..., TestClient], ollama: OllamaDouble
+) -> None:
+    ollama.add_model("llava:7b", capabilities=("completion", "vision"))
+    client = make_client(MAX_PROMPT_CHARS=1000, MAX_IMAGE_BYTES=3_000_000)
+    client.post("/api/v1/models/switch/llava:7b")
+    image = base64.b64encode(b"\x89PNG" + b"\x00" * 2_000_000).decode()
+    body = {"messages": [{"role": "user", "content": "see", "images": [image]}]}
+    assert client.post(CHAT, json=body).status_code == 200
+    assert chat_bodies(ollama)[-1]["messages"][0]["images"] == [image]
+    response = client.post("/api/v1/generate", json={"prompt": image})
+    assert (response.status_code, response.json()["code"]) == (413, "body_too_large")
+    small = make_client(MAX_PROMPT_CHARS=1000, MAX_IMAGE_BYTES=1_000_000)
+    response = small.post(CHAT, json=body)
+    assert (response.status_code, response.json()["code"]) == (413, "body_too_large")

@@ -106,10 +106,11 @@ def test_a_stream_through_the_door_is_the_same_stream(
     assert texts[0].endswith("data: {}\n\n") and texts[0].count('"response"') == 3
 
 
-def test_other_methods_get_fastapis_405(client: TestClient) -> None:
+def test_other_methods_get_fastapis_405_with_a_code(client: TestClient) -> None:
     response = client.get(URL)
     assert response.status_code == 405
-    assert response.json() == {"detail": "Method Not Allowed"}
+    assert response.json() == {"detail": "Method Not Allowed", "code": "method_not_allowed"}
+    assert response.headers["allow"] == "POST"
 
 
 def test_the_door_counts_under_the_route_in_metrics(
