@@ -45,11 +45,9 @@ from llmserve.backends._embedded_engine import (
     DEFAULT_REPEAT_PENALTY,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
-    GEMMA_MODEL,
-    GEMMA_USER,
-    PromptBuilder,
     import_llama_cpp,
 )
+from llmserve.backends._embedded_prompt import GEMMA_MODEL, GEMMA_USER, PromptBuilder
 from llmserve.backends.embedded import EmbeddedBackend, default_threads, load_llama
 from llmserve.domain import GenerationRequest
 from tests._server import ServerProcess, running_server
@@ -121,7 +119,7 @@ class Direct:
     def check_prompt(self, prompt: str) -> None:
         """The tokens fed to llama.cpp must be exactly llmserve's, or the comparison is void."""
         ours = PromptBuilder(self.llm, self.llm.metadata.get("tokenizer.chat_template"))
-        expected = ours.tokens(GenerationRequest(prompt))
+        expected = ours.tokens(GenerationRequest.from_prompt(prompt))
         if self.prompt_tokens(prompt) != expected:
             raise RuntimeError(f"direct prompt tokens differ from llmserve's for {prompt!r}")
 

@@ -1,13 +1,13 @@
-"""llama.cpp in-process: importing it, loading a GGUF, building the prompt, the token loop.
+"""llama.cpp in-process: importing it, loading a GGUF, the token loop, embeddings.
 
 ``llama_cpp`` is imported lazily (it is an optional extra). :class:`Engine` holds the one loaded
-model; it is touched only from the backend's single worker thread, which is what serialises
-loads and generations without any lock on the event loop.
+model file: its generation instance and, once asked for, its embedding instance. It is touched
+only from the backend's single worker thread, which is what serialises loads, generations and
+embeddings without any lock on the event loop.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import importlib
 import logging
@@ -22,20 +22,23 @@ from typing import Any
 
 from llmserve import errors
 from llmserve.backends._embedded_files import INSTALL_HINT
-from llmserve.domain import GenerationRequest
+from llmserve.backends._embedded_grammar import constrained_tokens
+from llmserve.backends._embedded_prompt import PromptBuilder
+from llmserve.backends._embedded_vectors import EMBEDDING_CONTEXT
+from llmserve.domain import GenerationOptions, GenerationRequest
 
 log = logging.getLogger(__name__)
 native_log = logging.getLogger("llmserve.llama_cpp")
 
 PREFILL_CHUNK = 128  # prompt tokens evaluated between two looks at the cancel flag
-GEMMA_USER = "<start_of_turn>user\n"
-GEMMA_MODEL = "<end_of_turn>\n<start_of_turn>model\n"
 
 # Ollama's defaults, so that switching LLM_BACKEND does not change how answers read.
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.9
 DEFAULT_TOP_K = 40
 DEFAULT_REPEAT_PENALTY = 1.1
+DEFAULT_PRESENCE_PENALTY = 0.0
+DEFAULT_FREQUENCY_PENALTY = 0.0
 
 _import_lock = threading.Lock()
 _load_lock = threading.Lock()
@@ -121,12 +124,30 @@ def extra_buffer_types(enabled: bool | None = None) -> Iterator[None]:
             bindings.llama_model_default_params = original
 
 
-def load_llama(path: Path, *, n_ctx: int, n_threads: int, extra_buffers: bool | None = None) -> Any:
+def load_llama(
+    path: Path,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    extra_buffers: bool | None = None,
+    embedding: bool = False,
+) -> Any:
     """A ``llama_cpp.Llama`` for ``path``, loaded the way the embedded backend loads it.
 
-    Public so that benchmarks compare llmserve with llama.cpp loaded identically.
+    ``embedding``: an instance that embeds (llama.cpp's embedding mode, mean pooling) instead
+    of generating; it reads each input in one batch of up to ``n_ctx`` tokens, which a mean
+    over the whole input needs. Public so that benchmarks compare llmserve with llama.cpp
+    loaded identically.
     """
     llama_cpp = import_llama_cpp()
+    extra: dict[str, Any] = {}
+    if embedding:
+        extra = {
+            "embedding": True,
+            "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            "n_batch": n_ctx,
+            "n_ubatch": n_ctx,
+        }
     try:
         with extra_buffer_types(extra_buffers):
             return llama_cpp.Llama(
@@ -135,28 +156,34 @@ def load_llama(path: Path, *, n_ctx: int, n_threads: int, extra_buffers: bool | 
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 verbose=False,
+                **extra,
             )
     except (ValueError, RuntimeError, OSError) as exc:
         raise errors.BackendError(f"llama.cpp cannot load {path.name}: {exc}") from exc
 
 
 class Engine:
-    """The one loaded model. Every method runs on the backend's worker thread."""
+    """The one loaded model file. Every method runs on the backend's worker thread.
+
+    A file has two llama.cpp instances, each loaded on first use: ``llama`` generates, and
+    ``embedder`` embeds (llama.cpp's embedding mode is fixed when a context is made, so one
+    instance cannot do both). Using another file unloads both instances of this one.
+    """
 
     def __init__(self, *, n_ctx: int, n_threads: int, extra_buffers: bool | None) -> None:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.extra_buffers = extra_buffers
         self.llama: Any = None
+        self.embedder: Any = None
         self.path: Path | None = None
         self._prompt: PromptBuilder | None = None
 
     def load(self, path: Path) -> None:
-        if self.path == path and self.llama is not None:
+        """Make ``self.llama`` the generation instance of ``path`` (loading it if needed)."""
+        self._switch(path)
+        if self.llama is not None:
             return
-        self.unload()
-        if not path.is_file():
-            raise errors.ModelNotFoundError(f"model file {path} no longer exists")
         started = time.perf_counter()
         self.llama = load_llama(
             path, n_ctx=self.n_ctx, n_threads=self.n_threads, extra_buffers=self.extra_buffers
@@ -165,73 +192,40 @@ class Engine:
         self._prompt = PromptBuilder(self.llama, self.llama.metadata.get("tokenizer.chat_template"))
         log.info("loaded %s in %.2f s", path.name, time.perf_counter() - started)
 
+    def load_embedder(self, path: Path) -> Any:
+        """The embedding instance of ``path`` (``self.embedder``, loaded if needed)."""
+        self._switch(path)
+        if self.embedder is None:
+            started = time.perf_counter()
+            self.embedder = load_llama(
+                path,
+                n_ctx=min(self.n_ctx, EMBEDDING_CONTEXT),
+                n_threads=self.n_threads,
+                extra_buffers=self.extra_buffers,
+                embedding=True,
+            )
+            self.path = path
+            log.info("loaded %s to embed in %.2f s", path.name, time.perf_counter() - started)
+        return self.embedder
+
+    def _switch(self, path: Path) -> None:
+        if self.path != path:
+            self.unload()
+        if self.path is None and not path.is_file():
+            raise errors.ModelNotFoundError(f"model file {path} no longer exists")
+
     def unload(self, path: Path | None = None) -> None:
-        """Free the loaded model (only if it is ``path``, when given)."""
-        if self.llama is None or (path is not None and path != self.path):
+        """Free the loaded model's instances (only if it is ``path``, when given)."""
+        if self.path is None or (path is not None and path != self.path):
             return
-        self.llama.close()
-        self.llama, self.path, self._prompt = None, None, None
+        for instance in (self.llama, self.embedder):
+            if instance is not None:
+                instance.close()
+        self.llama, self.embedder, self.path, self._prompt = None, None, None, None
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         assert self._prompt is not None, "load() first"
         return self._prompt.tokens(request)
-
-
-class PromptBuilder:
-    """The model's chat template, or Gemma's turn format when the GGUF carries none."""
-
-    def __init__(self, llama: Any, template: str | None) -> None:
-        self._llama = llama
-        self._formatter = _jinja_formatter(llama, template) if template else None
-
-    def tokens(self, request: GenerationRequest) -> list[int]:
-        if self._formatter is not None:
-            return self._templated(request)
-        # Gemma has no system role: the system prompt opens the user turn. The user's text is
-        # tokenized without special tokens so that it cannot close the turn itself.
-        text = request.prompt if not request.system else f"{request.system}\n\n{request.prompt}"
-        tokenize = self._llama.tokenize
-        return (
-            tokenize(GEMMA_USER.encode(), add_bos=True, special=True)
-            + tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
-            + tokenize(GEMMA_MODEL.encode(), add_bos=False, special=True)
-        )
-
-    def _templated(self, request: GenerationRequest) -> list[int]:
-        user = {"role": "user", "content": request.prompt}
-        attempts = [[user]]
-        if request.system:
-            merged = {"role": "user", "content": f"{request.system}\n\n{request.prompt}"}
-            # Some templates refuse a system role (raise_exception); merge it into the turn.
-            attempts = [[{"role": "system", "content": request.system}, user], [merged]]
-        problem: Exception | None = None
-        for messages in attempts:
-            try:
-                rendered = self._formatter(messages=messages).prompt  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - jinja2 raises anything a template does
-                problem = exc
-                continue
-            # Templates write the BOS token themselves, as llama-cpp-python assumes.
-            return self._llama.tokenize(
-                rendered.encode("utf-8", "replace"), add_bos=False, special=True
-            )
-        raise errors.BackendError(f"the model's chat template failed: {problem}")
-
-
-def _jinja_formatter(llama: Any, template: str) -> Any:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    llama_cpp = import_llama_cpp()
-    vocab = llama_cpp.llama_model_get_vocab(llama.model)
-
-    def text(token: int) -> str:
-        if token < 0:
-            return ""
-        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", "replace")
-
-    return Jinja2ChatFormatter(
-        template=template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos())
-    )
 
 
 def prefill(llama: Any, tokens: list[int], cancelled: threading.Event) -> bool:
@@ -248,20 +242,28 @@ def prefill(llama: Any, tokens: list[int], cancelled: threading.Event) -> bool:
 
 
 def sample_tokens(
-    llama: Any, tokens: list[int], request: GenerationRequest
+    llama: Any, tokens: list[int], options: GenerationOptions, grammar: str | None = None
 ) -> Generator[int, Any, None]:
-    """``Llama.generate`` with the request's sampling options (Ollama's defaults otherwise)."""
-    opts = request.options
-    seed = random.getrandbits(32) if opts.seed is None else opts.seed & 0xFFFFFFFF
+    """The tokens after ``tokens`` with the request's sampling options (Ollama's defaults
+    otherwise): ``Llama.generate``, or under a GBNF ``grammar`` ``constrained_tokens``."""
+    seed = random.getrandbits(32) if options.seed is None else options.seed & 0xFFFFFFFF
     llama.set_seed(seed)
-    return llama.generate(
-        tokens,
-        temp=DEFAULT_TEMPERATURE if opts.temperature is None else opts.temperature,
-        top_p=DEFAULT_TOP_P if opts.top_p is None else opts.top_p,
-        top_k=DEFAULT_TOP_K if opts.top_k is None else opts.top_k,
-        min_p=0.0,
-        repeat_penalty=DEFAULT_REPEAT_PENALTY,
-    )
+    sampling = {
+        "temp": _or(options.temperature, DEFAULT_TEMPERATURE),
+        "top_p": _or(options.top_p, DEFAULT_TOP_P),
+        "top_k": _or(options.top_k, DEFAULT_TOP_K),
+        "min_p": 0.0,
+        "repeat_penalty": _or(options.repeat_penalty, DEFAULT_REPEAT_PENALTY),
+        "presence_penalty": _or(options.presence_penalty, DEFAULT_PRESENCE_PENALTY),
+        "frequency_penalty": _or(options.frequency_penalty, DEFAULT_FREQUENCY_PENALTY),
+    }
+    if grammar is not None:
+        return constrained_tokens(llama, tokens, grammar, sampling)
+    return llama.generate(tokens, **sampling)
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def is_end_of_generation(llama: Any) -> Any:
@@ -269,39 +271,3 @@ def is_end_of_generation(llama: Any) -> Any:
     llama_cpp = import_llama_cpp()
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     return lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
-
-
-class TextDecoder:
-    """Token bytes → text, holding back incomplete UTF-8 and anything that may start a stop."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self._stops = tuple(stop for stop in stops if stop)
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, data: bytes) -> str:
-        """The text that is safe to emit now; sets ``stopped`` when a stop string appeared."""
-        text = self._held + self._utf8.decode(data)
-        if not self._stops:
-            self._held = ""
-            return text
-        cut = min((i for i in (text.find(stop) for stop in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._held, self.stopped = "", True
-            return text[:cut]
-        keep = max((_overlap(text, stop) for stop in self._stops), default=0)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
-
-    def flush(self) -> str:
-        text, self._held = self._held + self._utf8.decode(b"", final=True), ""
-        return text
-
-
-def _overlap(text: str, stop: str) -> int:
-    """The length of the longest end of ``text`` that is a beginning of ``stop``."""
-    for size in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:size]):
-            return size
-    return 0

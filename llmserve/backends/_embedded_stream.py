@@ -9,6 +9,7 @@ one token's time and then waits for the worker to be done with the model.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -18,13 +19,13 @@ from pathlib import Path
 from llmserve import errors
 from llmserve.backends._embedded_engine import (
     Engine,
-    TextDecoder,
     is_end_of_generation,
     prefill,
     sample_tokens,
 )
+from llmserve.backends._embedded_plan import Plan
 from llmserve.backends.base import PrefetchingStream
-from llmserve.domain import GenerationRequest, GenerationResult, Usage
+from llmserve.domain import GenerationResult, Usage
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,13 @@ class GenerationJob:
         self,
         engine: Engine,
         path: Path,
-        request: GenerationRequest,
+        plan: Plan,
         loop: asyncio.AbstractEventLoop,
         queue: asyncio.Queue[_Item],
     ) -> None:
         self._engine = engine
         self._path = path
-        self._request = request
+        self._plan = plan
         self._loop = loop
         self._queue = queue
         self._state_lock = threading.Lock()
@@ -96,24 +97,26 @@ class GenerationJob:
                 self._emit(_Failed(errors.BackendError(f"llama.cpp failed: {exc!r}")))
 
     def _generate(self) -> None:
-        engine, request, cancelled = self._engine, self._request, self.cancelled
+        engine, plan, cancelled = self._engine, self._plan, self.cancelled
+        options = plan.request.options
         engine.load(self._path)
         llama = engine.llama
-        prompt = engine.prompt_tokens(request)
-        room = llama.n_ctx() - len(prompt)
+        prompt = engine.prompt_tokens(plan.request)
+        window = min(plan.window, llama.n_ctx())
+        room = window - len(prompt)
         if room <= 0:
             raise errors.PromptTooLargeError(
-                f"the prompt is {len(prompt)} tokens; the model's context holds {llama.n_ctx()}"
+                f"the prompt is {len(prompt)} tokens; the model's context holds {window}"
             )
-        limit = min(request.options.max_tokens or DEFAULT_MAX_TOKENS, room)
+        limit = min(options.max_tokens or DEFAULT_MAX_TOKENS, room)
         if not prefill(llama, prompt, cancelled):
             self._finish_cancelled(Usage(len(prompt), 0))
             return
         is_eog = is_end_of_generation(llama)
-        decoder = TextDecoder(request.options.stop)
+        decoder = TextDecoder(options.stop)
         detokenize = llama.detokenize
         produced, done_reason = 0, "length"
-        tokens = sample_tokens(llama, prompt, request)
+        tokens = sample_tokens(llama, prompt, options, plan.grammar)
         try:
             for token in tokens:
                 if cancelled.is_set():
@@ -196,3 +199,39 @@ class EmbeddedStream(PrefetchingStream):
             log.warning("the embedded engine did not stop within %.0f s", STOP_WAIT_S)
         except Exception:  # the job reports its errors through the queue
             log.debug("the embedded worker ended with an error", exc_info=True)
+
+
+class TextDecoder:
+    """Token bytes → text, holding back incomplete UTF-8 and anything that may start a stop."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stops = tuple(stop for stop in stops if stop)
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        """The text that is safe to emit now; sets ``stopped`` when a stop string appeared."""
+        text = self._held + self._utf8.decode(data)
+        if not self._stops:
+            self._held = ""
+            return text
+        cut = min((i for i in (text.find(stop) for stop in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held, self.stopped = "", True
+            return text[:cut]
+        keep = max((_overlap(text, stop) for stop in self._stops), default=0)
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        text, self._held = self._held + self._utf8.decode(b"", final=True), ""
+        return text
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that is a beginning of ``stop``."""
+    for size in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0

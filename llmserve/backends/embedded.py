@@ -5,10 +5,16 @@ Installed models are the built-in GGUF (``model_path``, or the file shipped by t
 directly in ``models_dir``. A model's name is its file stem; names compare case-insensitively and
 ``name:latest`` means ``name``.
 
-One worker thread does all llama.cpp work, one job after another: loading a model (one is
-loaded at a time; asking for another file loads it), evaluating a prompt, sampling. That is the
-"one generation at a time per loaded model" rule, and it is why no lock is needed around loads:
-a load can never overlap a generation. Nothing llama.cpp does runs on the event loop.
+One worker thread does all llama.cpp work, one job after another: loading a model (one file
+is loaded at a time; asking for another file loads it), evaluating a prompt, sampling,
+embedding. That is the "one generation at a time per loaded model" rule, and it is why no lock
+is needed around loads: a load can never overlap a generation. Nothing llama.cpp does runs on
+the event loop.
+
+A generation is a conversation rendered through the model's chat template
+(``_embedded_prompt``); response formats and forced tool calls become llama.cpp grammars, and
+what the engine cannot do is refused before anything starts (``_embedded_plan`` has the table).
+Embeddings come from a second, embedding-mode instance of the same file (``_embedded_vectors``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,9 +30,13 @@ from typing import TypeVar
 
 from llmserve import errors
 from llmserve.backends import _embedded_files as files
+from llmserve.backends import _embedded_vectors as vectors
 from llmserve.backends._embedded_engine import Engine, import_llama_cpp, load_llama
+from llmserve.backends._embedded_plan import plan
 from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob
-from llmserve.domain import GenerationRequest, ModelInfo, PullProgress
+from llmserve.backends._tools import ForcedToolStream
+from llmserve.backends.base import GenerationStream
+from llmserve.domain import Embeddings, GenerationRequest, ModelInfo, PullProgress
 
 __all__ = ["EmbeddedBackend", "EmbeddedStream", "default_threads", "load_llama"]
 
@@ -78,6 +89,7 @@ class EmbeddedBackend:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmserve-llama")
         self._jobs: set[GenerationJob] = set()
+        self._embeddings: set[threading.Event] = set()  # the cancel flags of running ones
         self._built_in: Path | None = None
         self._closed = False
 
@@ -122,13 +134,15 @@ class EmbeddedBackend:
 
     # -- generation -------------------------------------------------------------------------
 
-    async def open_generation(self, model: str, request: GenerationRequest) -> EmbeddedStream:
+    async def open_generation(self, model: str, request: GenerationRequest) -> GenerationStream:
+        """An :class:`EmbeddedStream` (in a ``ForcedToolStream`` for a forced tool call)."""
         found = await asyncio.to_thread(self._find, model)
         if found is None:
             raise errors.ModelNotFoundError(f"model '{model}' not found locally")
+        planned = plan(model, request, self._engine.n_ctx)  # refusals: before any work
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        job = GenerationJob(self._engine, found.path, request, loop, queue)
+        job = GenerationJob(self._engine, found.path, planned, loop, queue)
         done = self._submit(job.run)
         self._jobs.add(job)
         done.add_done_callback(lambda _: self._jobs.discard(job))
@@ -138,7 +152,38 @@ class EmbeddedBackend:
         except BaseException:
             await stream.aclose()
             raise
-        return stream
+        return ForcedToolStream(stream, request) if planned.forced else stream
+
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None
+    ) -> Embeddings:
+        """Unit vectors from the model's embedding instance (see ``_embedded_vectors``)."""
+        found = await asyncio.to_thread(self._find, model)
+        if found is None:
+            raise errors.ModelNotFoundError(f"model '{model}' not found locally")
+        if not inputs:
+            return Embeddings([], 0)
+        cancelled = threading.Event()
+
+        def work() -> Embeddings:
+            try:
+                embedder = self._engine.load_embedder(found.path)
+                return vectors.embed(embedder, model, inputs, dimensions, cancelled)
+            except errors.LlmserveError:
+                raise
+            except Exception as exc:  # anything llama.cpp raises becomes ours
+                log.exception("the embedded embedding failed")
+                raise errors.BackendError(f"llama.cpp failed: {exc!r}") from exc
+
+        done = self._submit(work)
+        self._embeddings.add(cancelled)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            cancelled.set()  # the worker stops before the next input
+            raise
+        finally:
+            self._embeddings.discard(cancelled)
 
     def _submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         if self._closed:
@@ -231,6 +276,8 @@ class EmbeddedBackend:
             return
         for job in list(self._jobs):
             job.cancel(errors.BackendUnavailableError("the embedded engine is shutting down"))
+        for cancelled in list(self._embeddings):
+            cancelled.set()
         unloaded = self._submit(self._engine.unload)
         self._closed = True
         try:

