@@ -32,11 +32,24 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `llmserve --help` stays fast and nothing runs at import time.
-    from llmserve.cli import bake_image, generate, keys, logs, migrate, models, serve, stats
+    from llmserve.cli import (
+        bake_image,
+        chat,
+        embed,
+        generate,
+        keys,
+        logs,
+        migrate,
+        models,
+        serve,
+        stats,
+    )
 
     app.command("serve")(serve.serve)
     app.command("migrate")(migrate.migrate)
     app.command("generate")(generate.generate)
+    app.command("chat")(chat.chat)
+    app.command("embed")(embed.embed)
     app.command("bake-image")(bake_image.bake_image)
     app.add_typer(models.app, name="models")
     app.add_typer(keys.app, name="keys")

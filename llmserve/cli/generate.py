@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from llmserve.cli._run import configure_logging, fail, run, settings_or_exit
-from llmserve.domain import GenerationOptions, GenerationRequest
+from llmserve.domain import GenerationOptions, GenerationRequest, ResponseFormat
 from llmserve.settings import Settings, SettingsError
 
 ROUTE = "cli"
+
+FORMAT_HELP = "Answer in JSON: 'json' for any JSON object, '@FILE' for the JSON Schema in FILE."
 
 
 def generate(
@@ -22,8 +25,12 @@ def generate(
     temperature: float = typer.Option(None, min=0.0, max=2.0, help="Sampling temperature."),
     max_tokens: int = typer.Option(None, min=1, help="Stop after this many tokens."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    answer_format: str = typer.Option(
+        None, "--format", metavar="json|@SCHEMA.json", help=FORMAT_HELP
+    ),
 ) -> None:
     """Generate text with the active model, streaming it as it arrives."""
+    response_format = parse_format(answer_format)
     text = _read_prompt(prompt)
     settings = settings_or_exit()
     try:
@@ -32,9 +39,39 @@ def generate(
         fail(str(exc), 2)
     configure_logging("WARNING")
     request = GenerationRequest.from_prompt(
-        text, system, GenerationOptions(temperature=temperature, max_tokens=max_tokens)
+        text,
+        system,
+        GenerationOptions(temperature=temperature, max_tokens=max_tokens),
+        response_format=response_format,
     )
     run(_generate(settings, request, stream=not no_stream and not json_output, as_json=json_output))
+
+
+def parse_format(value: str | None) -> ResponseFormat | None:
+    """``--format``: ``json``, or ``@FILE`` holding a JSON Schema. Anything else, an unreadable
+    file, invalid JSON or an invalid schema is one red line and exit 2."""
+    if value is None:
+        return None
+    if value == "json":
+        return ResponseFormat("json")
+    if not value.startswith("@") or len(value) == 1:
+        fail(f"--format must be 'json' or '@FILE' (a JSON Schema file), not {value!r}", 2)
+    path = Path(value[1:])
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read the schema file '{path}': {exc.strerror or exc}", 2)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fail(f"the schema file '{path}' is not valid JSON: {exc}", 2)
+    if not isinstance(schema, dict):
+        fail(f"the schema file '{path}' must hold a JSON object (a JSON Schema)", 2)
+    from jsonschema import Draft202012Validator, SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        fail(f"the schema file '{path}' is not a valid JSON Schema: {exc.message}", 2)
+    return ResponseFormat("json_schema", schema=schema)
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -85,7 +122,7 @@ async def _generate(
 
 def _write(out: Console | None, text: str) -> None:
     if out is not None:
-        out.print(text, end="", markup=False)
+        out.print(text, end="", markup=False, emoji=False)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

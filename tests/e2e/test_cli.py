@@ -49,6 +49,8 @@ COMMANDS = [
     ["serve"],
     ["migrate"],
     ["generate"],
+    ["chat"],
+    ["embed"],
     ["bake-image"],
     ["models"],
     *(["models", sub] for sub in ("list", "active", "switch", "delete", "pull")),

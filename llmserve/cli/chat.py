@@ -1,0 +1,266 @@
+"""``llmserve chat``: a conversation with the active model, one turn after another.
+
+What stdin is decides the face (:mod:`llmserve.cli._chat_faces`):
+
+* a terminal: an interactive session; the answer is rendered as it arrives;
+* ``--json``: one user message per line, one JSON object per answer on stdout
+  (``{"message": {"role", "content"}, "model", "done_reason", "usage"}``);
+* a pipe without ``--json``: one user message per line, each answer as plain text, answers
+  separated by a blank line.
+
+A line that starts with ``/`` is a command (:data:`HELP`); ``//`` sends a line starting with
+``/``. Blank lines are skipped. Notes (command results, the banner) go to stderr.
+
+Contract for interruptions: Ctrl-C during an answer closes the generation upstream and drops the
+turn — neither the question nor the partial answer stays in the conversation (so ``/save`` and
+the next request never carry a cut answer); an interactive session then returns to the prompt,
+a piped one exits 130. Ctrl-C or Ctrl-D at the interactive prompt ends the session with exit 0.
+A failed turn is dropped the same way: interactively it prints one red line and the session goes
+on; piped, it ends the session with the error's exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.markup import escape
+
+from llmserve import errors
+from llmserve.cli._chat_faces import Face, JsonLines, Terminal, stderr
+from llmserve.cli._run import (
+    EXIT_INTERRUPTED,
+    configure_logging,
+    exit_code_for,
+    fail,
+    settings_or_exit,
+)
+from llmserve.cli.generate import FORMAT_HELP, ROUTE, parse_format
+from llmserve.domain import GenerationOptions, GenerationRequest, Message, ResponseFormat
+from llmserve.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from llmserve.runtime import Runtime
+
+HELP = """\
+/system TEXT   set the system message (/system alone removes it)
+/reset         forget the conversation (the system message stays)
+/save FILE     write the conversation to FILE as JSON
+/help          this list
+//TEXT         send a message that starts with /
+Ctrl-C stops an answer (that turn is not kept); Ctrl-D or Ctrl-C at the prompt quits."""
+
+
+def chat(
+    system: str = typer.Option(None, help="System message."),
+    temperature: float = typer.Option(None, min=0.0, max=2.0, help="Sampling temperature."),
+    max_tokens: int = typer.Option(None, min=1, help="Stop each answer after this many tokens."),
+    answer_format: str = typer.Option(
+        None, "--format", metavar="json|@SCHEMA.json", help=FORMAT_HELP
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="For scripts: a message per stdin line, a JSON object per answer."
+    ),
+) -> None:
+    """Chat with the active model: an interactive session (/system, /reset, /save FILE, /help;
+    Ctrl-C stops an answer, Ctrl-D quits), or one message per stdin line."""
+    response_format = parse_format(answer_format)
+    settings = settings_or_exit()
+    try:
+        settings.check_backend()
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    configure_logging("WARNING")
+    face: Face
+    if json_output:
+        face = JsonLines()
+    elif sys.stdin.isatty():
+        face = Terminal()
+    else:
+        face = Face()
+    options = GenerationOptions(temperature=temperature, max_tokens=max_tokens)
+    conversation = Conversation(system, options=options, response_format=response_format)
+    _session(settings, face, conversation)
+
+
+@dataclass
+class Conversation:
+    """The system message and the finished turns; a turn joins only once it is answered."""
+
+    system: str | None
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    response_format: ResponseFormat | None = None
+    turns: list[Message] = field(default_factory=list)
+
+    def request(self, text: str) -> GenerationRequest:
+        head = [Message("system", self.system)] if self.system else []
+        messages = (*head, *self.turns, Message("user", text))
+        return GenerationRequest(
+            messages, options=self.options, response_format=self.response_format
+        )
+
+    def as_json(self) -> dict[str, list[dict[str, str]]]:
+        head = [Message("system", self.system)] if self.system else []
+        return {"messages": [{"role": m.role, "content": m.content} for m in (*head, *self.turns)]}
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_command(line: str, conversation: Conversation) -> str:
+    """Carry out a ``/`` command; return what to tell the user."""
+    name, argument = (*line.split(None, 1), "")[:2]
+    if name == "/system":
+        conversation.system = argument or None
+        return "System message set." if argument else "System message removed."
+    if name == "/reset":
+        conversation.turns.clear()
+        return "Conversation forgotten."
+    if name == "/save":
+        if not argument:
+            raise CommandError("/save needs a file name", 2)
+        path = Path(argument).expanduser()
+        try:
+            saved = conversation.as_json()
+            path.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write '{path}': {exc.strerror or exc}", 1) from None
+        return f"Saved {len(saved['messages'])} messages to {path}."
+    if name == "/help":
+        return HELP
+    raise CommandError(f"unknown command {name!r}; /help lists them", 2)
+
+
+def _session(settings: Settings, face: Face, conversation: Conversation) -> None:
+    """The turn loop. One event loop lives for the whole session (the Runtime's connections are
+    bound to it) and runs one turn at a time; lines are read outside it, so Ctrl-C and Ctrl-D
+    at the prompt behave as at any prompt."""
+    from llmserve.runtime import Runtime
+
+    with asyncio.Runner() as runner:
+        runtime = Runtime(settings, follow_active_model=False)
+        try:
+            runner.run(runtime.__aenter__())
+            face.started(runtime.active_model.current)
+            _turns(runner, runtime, face, conversation)
+        except errors.LlmserveError as exc:
+            fail(exc.detail, exit_code_for(exc))
+        except KeyboardInterrupt:
+            _interrupted()
+        finally:
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                runner.run(runtime.__aexit__(None, None, None))
+
+
+def _turns(
+    runner: asyncio.Runner, runtime: Runtime, face: Face, conversation: Conversation
+) -> None:
+    """Read, answer, repeat, until the input ends. Piped, the first failure ends it."""
+    while True:
+        try:
+            line = face.read()
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            if not face.interactive:
+                raise
+            break
+        try:
+            _turn(runner, runtime, face, conversation, line)
+        except KeyboardInterrupt:  # Ctrl-C just before or after an answer: as good as during it
+            if not face.interactive:
+                raise
+            _stopped(face)
+    if face.interactive:
+        stderr.print()
+
+
+def _turn(
+    runner: asyncio.Runner, runtime: Runtime, face: Face, conversation: Conversation, line: str
+) -> None:
+    text = line.strip()
+    if not text:
+        return
+    if text.startswith("/") and not text.startswith("//"):
+        try:
+            face.note(run_command(text, conversation))
+        except CommandError as exc:
+            if not face.interactive:
+                fail(str(exc), exc.code)
+            _red_line(str(exc))
+        return
+    message = line.lstrip()[1:] if text.startswith("//") else line
+    try:
+        answer = runner.run(_answer(runtime, conversation.request(message), face))
+    except errors.LlmserveError as exc:
+        if not face.interactive:
+            raise
+        face.cut()
+        _red_line(exc.detail)
+        return
+    if answer is None:
+        if not face.interactive:
+            _interrupted()
+        _stopped(face)
+        return
+    conversation.turns += [Message("user", message), Message("assistant", answer)]
+
+
+async def _answer(runtime: Runtime, request: GenerationRequest, face: Face) -> str | None:
+    """The answer's text, or None when Ctrl-C stopped it.
+
+    Ctrl-C is the loop's signal handler while a turn runs: it wakes the loop at once (even while
+    nothing arrives from upstream) and cancels the turn, whose ``finally`` closes the
+    generation upstream."""
+    loop = asyncio.get_running_loop()
+    turn = asyncio.ensure_future(_stream(runtime, request, face))
+    loop.add_signal_handler(signal.SIGINT, turn.cancel)
+    try:
+        return await turn
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if turn.cancelled() and current is not None and not current.cancelling():
+            return None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _stream(runtime: Runtime, request: GenerationRequest, face: Face) -> str:
+    generation = await runtime.generation.generate(request, route=ROUTE)
+    parts: list[str] = []
+    try:
+        face.begin()
+        async for piece in generation:
+            if type(piece) is str:
+                parts.append(piece)
+                face.piece(piece)
+    finally:
+        await generation.aclose()
+    text = "".join(parts)
+    face.answered(generation, text)
+    return text
+
+
+def _stopped(face: Face) -> None:
+    face.cut()
+    stderr.print("[yellow]Stopped; this turn is not kept.[/]")
+
+
+def _interrupted() -> NoReturn:
+    stderr.print("[yellow]Interrupted.[/]")
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _red_line(message: str) -> None:
+    stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
