@@ -102,10 +102,67 @@ def json_grammar() -> str:
     return str(JSON_GBNF)
 
 
+#: JSON Schema keywords that llama-cpp-python's converter leaves out of the grammar: a schema
+#: that uses one is refused rather than answered with JSON that may not validate.
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "not",
+        "if",
+        "then",
+        "else",
+    }
+)
+
+
+def unenforced_keywords(schema: Any) -> set[str]:
+    """The keywords of :data:`UNENFORCED` used anywhere in ``schema`` (not inside
+    ``properties`` names, ``const``/``enum`` values, or annotations)."""
+    found: set[str] = set()
+    if isinstance(schema, list):
+        for item in schema:
+            found |= unenforced_keywords(item)
+    elif isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("const", "enum", "default", "examples", "description", "title"):
+                continue
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for sub in value.values():
+                    found |= unenforced_keywords(sub)
+                continue
+            if key in UNENFORCED:
+                found.add(key)
+            found |= unenforced_keywords(value)
+    return found
+
+
 def schema_grammar(model: str, schema: dict[str, Any]) -> str:
     """The GBNF grammar of the JSON that validates against ``schema``."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    unenforced = unenforced_keywords(schema)
+    if unenforced:
+        raise _unsupported(
+            model,
+            "the JSON schema keyword(s) " + ", ".join(sorted(unenforced)),
+            "llama.cpp's grammar cannot enforce them",
+        )
     try:
         grammar = str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # noqa: BLE001 - the converter asserts, raises KeyError, ValueError

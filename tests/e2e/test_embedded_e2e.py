@@ -163,3 +163,67 @@ def test_the_openai_sdk_works_on_the_embedded_engine(server: ServerProcess) -> N
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text.strip()
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer"},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_chat_answers_json_that_validates_against_the_schema(server: ServerProcess) -> None:
+    import jsonschema
+
+    messages = [
+        {"role": "system", "content": "You describe people as JSON."},
+        {"role": "user", "content": "Describe a person."},
+    ]
+    body = {"messages": messages, "format": PERSON, "options": {"max_tokens": 48}}
+    answer = httpx.post(f"{server.base_url}/api/v1/chat", json=body, timeout=120).json()
+    jsonschema.validate(json.loads(answer["message"]["content"]), PERSON)
+
+
+def test_openai_tool_choice_forces_a_call_on_the_real_model(server: ServerProcess) -> None:
+    tool = {"type": "function", "function": {"name": "describe_person", "parameters": PERSON}}
+    body = {
+        "model": "gemma-copy",
+        "messages": [{"role": "user", "content": "Invent a person."}],
+        "tools": [tool],
+        "tool_choice": "required",
+        "max_tokens": 48,
+    }
+    answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120).json()
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "describe_person"
+    import jsonschema
+
+    jsonschema.validate(json.loads(call["function"]["arguments"]), PERSON)
+    body["tool_choice"] = "auto"
+    refused = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "unsupported"
+
+
+def test_embeddings_from_the_real_model(server: ServerProcess) -> None:
+    answer = httpx.post(
+        f"{server.base_url}/api/v1/embed", json={"input": ["a cat", "a dog"]}, timeout=120
+    ).json()
+    first, second = answer["embeddings"]
+    assert len(first) == len(second) == 640 and first != second
+    assert abs(sum(x * x for x in first) - 1.0) < 1e-3
+    assert answer["usage"]["prompt_tokens"] > 0
+
+
+def test_a_schema_the_grammar_cannot_enforce_is_refused(server: ServerProcess) -> None:
+    schema = {"type": "object", "properties": {"age": {"type": "integer", "maximum": 120}}}
+    body = {"messages": [{"role": "user", "content": "x"}], "format": schema}
+    refused = httpx.post(f"{server.base_url}/api/v1/chat", json=body, timeout=120)
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "unsupported" and "maximum" in refused.json()["detail"]
