@@ -86,9 +86,11 @@ class EventStream(Response):
         *,
         ping_interval: float,
         headers: dict[str, str] | None = None,
+        shutdown: bytes = SHUTDOWN,
     ) -> None:
         self._chunks = chunks
         self._ping_interval = ping_interval
+        self._shutdown = shutdown  # the last event when the server cuts the stream
         self._extra_headers = headers or {}
         self.status_code = 200
         self.background = None
@@ -195,7 +197,8 @@ class EventStream(Response):
             # End the response properly, so the client reads why instead of a broken stream.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
-                    await send({"type": "http.response.body", "body": SHUTDOWN, "more_body": False})
+                    end = {"type": "http.response.body", "body": self._shutdown, "more_body": False}
+                    await send(end)
 
 
 def _forget(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:

@@ -121,3 +121,38 @@ def test_sigterm_drains_short_streams_cuts_long_ones_and_flushes_the_log(
     for name in ("long", "long-whole"):
         assert by_id[name].status == "cancelled"
         assert 0 < by_id[name].completion_tokens < 100
+
+
+def test_an_openai_stream_cut_at_shutdown_ends_with_openai_s_error_event(
+    subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
+) -> None:
+    env = {**subprocess_env, "SHUTDOWN_GRACE_S": "0.5"}
+    body: list[str] = []
+    started = threading.Event()
+
+    def read(base_url: str) -> None:
+        request = {
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "long"}],
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST", base_url + "/v1/chat/completions", json=request, timeout=15
+        ) as response:
+            for text in response.iter_text():
+                body.append(text)
+                started.set()
+
+    with running_server(env, tmp_path) as server:
+        ollama.enqueue(Script(tokens=[f"t{i} " for i in range(100)], delay_s=0.1))
+        reader = threading.Thread(target=read, args=(server.base_url,), daemon=True)
+        reader.start()
+        assert started.wait(5)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(10) == 0
+        reader.join(5)
+    events = [
+        line[len("data: ") :] for line in "".join(body).split("\n") if line.startswith("data: ")
+    ]
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "shutting_down"

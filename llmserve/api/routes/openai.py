@@ -39,6 +39,7 @@ from llmserve.api.openai_wire import (
     CompletionChunks,
     OpenAIRoute,
     chat_completion,
+    error_event,
     openai_events,
     text_completion,
 )
@@ -95,6 +96,8 @@ class _Face:
 CHAT = _Face("/v1/chat/completions", ChatChunks, chat_completion)
 COMPLETIONS = _Face("/v1/completions", CompletionChunks, text_completion)
 EMBEDDINGS = "/v1/embeddings"
+#: The last event of an OpenAI stream cut at the end of the shutdown grace period.
+SHUTDOWN_EVENT = error_event(errors.ShuttingDownError())
 
 
 @router.post(
@@ -139,6 +142,7 @@ async def _generate(
         return EventStream(
             openai_events(generation, chunks),
             ping_interval=runtime_of(request).settings.SSE_PING_INTERVAL_S,
+            shutdown=SHUTDOWN_EVENT,
         )
     return Response(face.whole(generation).model_dump_json(), media_type="application/json")
 
