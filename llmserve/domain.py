@@ -154,10 +154,15 @@ class GenerationRequest:
         return self.tools
 
     def texts(self) -> list[str]:
-        """Every piece of text the request carries (for size and Unicode checks)."""
+        """The text the request carries outside JSON objects (for the Unicode check)."""
         found: list[str] = []
         for message in self.messages:
             found.append(message.content)
+            found.extend(text for call in message.tool_calls for text in (call.id, call.name))
+            if message.tool_call_id is not None:
+                found.append(message.tool_call_id)
+        for tool in self.tools:
+            found.append(tool.description or "")
         found.extend(self.options.stop)
         return found
 

@@ -455,12 +455,13 @@ def _error_message(raw: bytes) -> str:
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
-    """orjson, or the standard library for what orjson refuses (integers beyond 64 bits in a
-    schema or in tool arguments: JSON allows them, and Ollama reads those as numbers)."""
+    """orjson, or the standard library for what orjson refuses: integers beyond 64 bits or lone
+    surrogates in a schema or in tool arguments (JSON carries both; Ollama reads the numbers,
+    and the escaped surrogates as replacement characters)."""
     try:
         return orjson.dumps(body)
     except TypeError:
-        return json.dumps(body, ensure_ascii=False).encode()
+        return json.dumps(body).encode()
 
 
 def chat_body(

@@ -22,7 +22,14 @@ from llmserve.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 
-__all__ = ["configure_logging", "fail", "run", "settings_or_exit", "stdout_console"]
+__all__ = [
+    "backend_settings_or_exit",
+    "configure_logging",
+    "fail",
+    "run",
+    "settings_or_exit",
+    "stdout_console",
+]
 
 EXIT_INTERRUPTED = 130
 
@@ -46,6 +53,18 @@ def settings_or_exit(**overrides: object) -> Settings:
         return load_settings(**overrides)
     except SettingsError as exc:
         fail(str(exc), 2)
+
+
+def backend_settings_or_exit() -> Settings:
+    """Settings for a command that talks to the backend (its settings checked too), with
+    logging quiet enough for a terminal."""
+    settings = settings_or_exit()
+    try:
+        settings.check_backend()
+    except SettingsError as exc:
+        fail(str(exc), 2)
+    configure_logging("WARNING")
+    return settings
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -35,16 +35,10 @@ from rich.markup import escape
 
 from llmserve import errors
 from llmserve.cli._chat_faces import Face, JsonLines, Terminal, stderr
-from llmserve.cli._run import (
-    EXIT_INTERRUPTED,
-    configure_logging,
-    exit_code_for,
-    fail,
-    settings_or_exit,
-)
+from llmserve.cli._run import EXIT_INTERRUPTED, backend_settings_or_exit, exit_code_for, fail
 from llmserve.cli.generate import FORMAT_HELP, ROUTE, parse_format
 from llmserve.domain import GenerationOptions, GenerationRequest, Message, ResponseFormat
-from llmserve.settings import Settings, SettingsError
+from llmserve.settings import Settings
 
 if TYPE_CHECKING:
     from llmserve.runtime import Runtime
@@ -72,12 +66,7 @@ def chat(
     """Chat with the active model: an interactive session (/system, /reset, /save FILE, /help;
     Ctrl-C stops an answer, Ctrl-D quits), or one message per stdin line."""
     response_format = parse_format(answer_format)
-    settings = settings_or_exit()
-    try:
-        settings.check_backend()
-    except SettingsError as exc:
-        fail(str(exc), 2)
-    configure_logging("WARNING")
+    settings = backend_settings_or_exit()
     face: Face
     if json_output:
         face = JsonLines()

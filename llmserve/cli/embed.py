@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from llmserve.cli._run import configure_logging, fail, run, settings_or_exit
-from llmserve.settings import Settings, SettingsError
+from llmserve.cli._run import backend_settings_or_exit, fail, run
+from llmserve.settings import Settings
 
 ROUTE = "cli"
 
@@ -24,12 +24,7 @@ def embed(
 ) -> None:
     """Embed text and print {"model", "embeddings": [[...]], "usage"} as JSON on stdout."""
     inputs = _read_texts(texts or [])
-    settings = settings_or_exit()
-    try:
-        settings.check_backend()
-    except SettingsError as exc:
-        fail(str(exc), 2)
-    configure_logging("WARNING")
+    settings = backend_settings_or_exit()
     run(_embed(settings, inputs, model, dimensions))
 
 

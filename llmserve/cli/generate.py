@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from llmserve.cli._run import configure_logging, fail, run, settings_or_exit
+from llmserve.cli._run import backend_settings_or_exit, fail, run
 from llmserve.domain import GenerationOptions, GenerationRequest, ResponseFormat
-from llmserve.settings import Settings, SettingsError
+from llmserve.settings import Settings
 
 ROUTE = "cli"
 
@@ -32,12 +32,7 @@ def generate(
     """Generate text with the active model, streaming it as it arrives."""
     response_format = parse_format(answer_format)
     text = _read_prompt(prompt)
-    settings = settings_or_exit()
-    try:
-        settings.check_backend()
-    except SettingsError as exc:
-        fail(str(exc), 2)
-    configure_logging("WARNING")
+    settings = backend_settings_or_exit()
     request = GenerationRequest.from_prompt(
         text,
         system,

@@ -21,9 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from llmserve.cli._run import configure_logging, fail, run, settings_or_exit, stdout_console
+from llmserve.cli._run import backend_settings_or_exit, fail, run, stdout_console
 from llmserve.runtime import Runtime
-from llmserve.settings import SettingsError
 
 app = typer.Typer(help="List, pull, delete and switch models.", no_args_is_help=True)
 T = TypeVar("T")
@@ -38,12 +37,7 @@ def cli_actor() -> str:
 
 
 def _with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
-    settings = settings_or_exit()
-    try:
-        settings.check_backend()
-    except SettingsError as exc:
-        fail(str(exc), 2)
-    configure_logging("WARNING")
+    settings = backend_settings_or_exit()
 
     async def main() -> T:
         async with Runtime(settings, follow_active_model=False) as runtime:

@@ -22,6 +22,7 @@ from llmserve.domain import Embeddings
 from llmserve.logging_setup import current_request_id
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
+from llmserve.services.generation import check_size, check_unicode
 from llmserve.services.request_log import RequestLogRow, RequestLogWriter
 
 if TYPE_CHECKING:
@@ -65,21 +66,10 @@ class EmbeddingService:
     def check(self, inputs: list[str], dimensions: int | None) -> None:
         if len(inputs) > MAX_INPUTS:
             raise errors.InvalidRequestError(f"at most {MAX_INPUTS} inputs per request")
-        size = sum(len(text) for text in inputs)
-        if size > self._max_prompt_chars:
-            raise errors.PromptTooLargeError(
-                f"the input has {size} characters; "
-                f"the limit is {self._max_prompt_chars} (MAX_PROMPT_CHARS)"
-            )
+        check_size(sum(len(text) for text in inputs), self._max_prompt_chars, "input")
+        check_unicode(inputs, "input")
         if dimensions is not None and dimensions < 1:
             raise errors.InvalidRequestError("dimensions must be at least 1")
-        for text in inputs:
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                raise errors.InvalidRequestError(
-                    "the input contains text that is not valid Unicode (a lone surrogate)"
-                ) from None
 
     async def embed(
         self,

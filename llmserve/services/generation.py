@@ -62,20 +62,8 @@ class GenerationService:
             raise errors.InvalidRequestError("the conversation needs a user message")
         if not any(m.content.strip() or m.images or m.tool_calls for m in messages):
             raise errors.InvalidRequestError("the prompt is empty")
-        size = sum(len(m.content) for m in messages)
-        if size > self._max_prompt_chars:
-            raise errors.PromptTooLargeError(
-                f"the prompt has {size} characters; "
-                f"the limit is {self._max_prompt_chars} (MAX_PROMPT_CHARS)"
-            )
-        for text in request.texts():
-            if not text.isascii():
-                try:
-                    text.encode()
-                except UnicodeEncodeError:  # JSON's "\ud800" decodes to a lone surrogate
-                    raise errors.InvalidRequestError(
-                        "the request contains text that is not valid Unicode (a lone surrogate)"
-                    ) from None
+        check_size(sum(len(m.content) for m in messages), self._max_prompt_chars, "prompt")
+        check_unicode(request.texts(), "request")
         choice = request.tool_choice
         if choice.mode in ("required", "function") and not request.tools:
             raise errors.InvalidRequestError(f"tool_choice '{choice.mode}' needs tools")
@@ -121,6 +109,26 @@ class GenerationService:
         if whole:
             await generation.read_all()
         return generation
+
+
+def check_size(size: int, max_chars: int, what: str) -> None:
+    """At most ``max_chars`` characters (MAX_PROMPT_CHARS), else 413."""
+    if size > max_chars:
+        raise errors.PromptTooLargeError(
+            f"the {what} has {size} characters; the limit is {max_chars} (MAX_PROMPT_CHARS)"
+        )
+
+
+def check_unicode(texts: list[str], what: str) -> None:
+    """Valid Unicode: no lone surrogate, which JSON can carry and no engine can read."""
+    for text in texts:
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:  # JSON's "\ud800" decodes to a lone surrogate
+                raise errors.InvalidRequestError(
+                    f"the {what} contains text that is not valid Unicode (a lone surrogate)"
+                ) from None
 
 
 class Generation:

@@ -22,31 +22,8 @@ from sqlalchemy import select as sql_select
 
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.db.tables import RequestLogRecord
+from tests.e2e._cli import LLMSERVE, assert_one_red_line, run
 from tests.fakes.ollama_double import OllamaDouble, Script
-
-LLMSERVE = [sys.executable, "-m", "llmserve"]
-
-
-def run(
-    args: list[str], env: dict[str, str], cwd: Path, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LLMSERVE, *args],
-        env=env,
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def assert_one_red_line(result: subprocess.CompletedProcess[str]) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error:")
 
 
 def default_sigint() -> None:

@@ -16,27 +16,8 @@ from pydantic import BaseModel
 
 from tests._server import ServerProcess, running_server
 from tests.fakes.ollama_double import OllamaDouble, Script
+from tests.integration.test_chat_api import TIME, WEATHER
 from tests.openai._helpers import log_rows, sent_to_ollama
-
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-TIME: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
-    },
-}
 
 
 @pytest.fixture

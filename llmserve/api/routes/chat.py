@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from llmserve.api.deps import runtime_of
 from llmserve.api.generating import key_id_in, run_generation
-from llmserve.api.routes.generate import JsonAnswer
+from llmserve.api.routes.generate import JsonAnswer, generation_responses
 from llmserve.api.schemas import (
     ChatRequest,
     ChatResponse,
@@ -27,24 +27,13 @@ router = APIRouter(prefix="/api/v1", tags=["generate"])
 
 CHAT_ROUTE = "/api/v1/chat"
 EMBED_ROUTE = "/api/v1/embed"
-_errors = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 502, 503, 504)}
+_STATUSES = (400, 401, 404, 413, 429, 502, 503, 504)
 
 
 @router.post(
     "/chat",
     response_model=ChatResponse,
-    responses={
-        200: {
-            "description": "The answer, or Server-Sent Events with `stream: true`.",
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "example": 'data: {"response": "Hello"}\n\ndata: {}\n\n',
-                }
-            },
-        },
-        **_errors,
-    },
+    responses=generation_responses("The answer", *_STATUSES),
 )
 async def chat(body: ChatRequest, request: Request) -> Response:
     """Answer a conversation with the active model (tools, images, `format`)."""
@@ -76,7 +65,11 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     return JsonAnswer(orjson.dumps(payload))
 
 
-@router.post("/embed", response_model=EmbedResponse, responses=_errors)
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    responses={status: {"model": ErrorResponse} for status in _STATUSES},
+)
 async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
     """Embedding vectors for a text or a list of texts (`EMBEDDING_MODEL`, else the active
     model)."""

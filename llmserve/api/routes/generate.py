@@ -10,6 +10,8 @@ solving, body parsing in Python, exception wrappers) was a quarter of a request'
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
@@ -27,15 +29,13 @@ from llmserve.api.sse import EventStream, generation_events
 router = APIRouter(prefix="/api/v1", tags=["generate"])
 
 ROUTE = "/api/v1/generate"
-_errors = {status: {"model": ErrorResponse} for status in (401, 404, 413, 429, 502, 503, 504)}
 
 
-@router.post(
-    "/generate",
-    response_model=GenerateResponse,
-    responses={
+def generation_responses(what: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a native generation route: ``what`` as JSON, or SSE events."""
+    return {
         200: {
-            "description": "The whole text, or Server-Sent Events with `stream: true`.",
+            "description": f"{what}, or Server-Sent Events with `stream: true`.",
             "content": {
                 "text/event-stream": {
                     "schema": {"type": "string"},
@@ -43,8 +43,14 @@ _errors = {status: {"model": ErrorResponse} for status in (401, 404, 413, 429, 5
                 }
             },
         },
-        **_errors,
-    },
+        **{status: {"model": ErrorResponse} for status in statuses},
+    }
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses=generation_responses("The whole text", 401, 404, 413, 429, 502, 503, 504),
 )
 async def generate(body: GenerateRequest, request: Request) -> Response:
     """Generate text with the active model; `stream: true` answers with Server-Sent Events."""
