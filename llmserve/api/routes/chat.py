@@ -7,12 +7,11 @@ entry point; the stream is generate's SSE (``data: {"response"}`` per text delta
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
 from llmserve.api.deps import runtime_of
 from llmserve.api.generating import key_id_in, run_generation
-from llmserve.api.routes.generate import JsonAnswer, generation_responses
+from llmserve.api.routes.generate import generation_responses, whole_answer
 from llmserve.api.schemas import (
     ChatRequest,
     ChatResponse,
@@ -53,16 +52,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     message: dict[str, object] = {"role": "assistant", "content": generation.text}
     if result.tool_calls:
         message["tool_calls"] = native_tool_calls(result.tool_calls)
-    payload = {
-        "message": message,
-        "model": generation.model,
-        "done_reason": result.done_reason,
-        "usage": {
-            "prompt_tokens": result.usage.prompt_tokens,
-            "completion_tokens": result.usage.completion_tokens,
-        },
-    }
-    return JsonAnswer(orjson.dumps(payload))
+    return whole_answer(generation, "message", message)
 
 
 @router.post(

@@ -25,6 +25,7 @@ from llmserve.api.generating import run_generation, runtime_in
 from llmserve.api.request_id import BODY_SEND
 from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from llmserve.api.sse import EventStream, generation_events
+from llmserve.services.generation import Generation
 
 router = APIRouter(prefix="/api/v1", tags=["generate"])
 
@@ -69,11 +70,17 @@ async def answer(body: GenerateRequest, scope: Scope, receive: Receive) -> ASGIA
             generation_events(generation),
             ping_interval=runtime_in(scope).settings.SSE_PING_INTERVAL_S,
         )
+    return whole_answer(generation, "response", generation.text)
+
+
+def whole_answer(generation: Generation, field: str, answer: object) -> JsonAnswer:
+    """A finished generation as the native API answers it: ``field`` (``response`` or
+    ``message``), then ``model``, ``done_reason`` and ``usage`` — the response model's fields
+    in its order, encoded without building the model."""
     result = generation.result
     assert result is not None
-    # GenerateResponse's fields, in its order, encoded without building the model.
     payload = {
-        "response": generation.text,
+        field: answer,
         "model": generation.model,
         "done_reason": result.done_reason,
         "usage": {
