@@ -3,15 +3,17 @@
 Reads one JSON command per line on stdin and answers one JSON line on stdout:
 
     {"url": ..., "headers": {...}, "body": {...}, "stream": true, "concurrency": 16,
-     "duration": 2.0}
+     "duration": 2.0, "mark": ...}
 
 ``concurrency`` workers each send requests back to back over their own keep-alive connection
 until ``duration`` seconds have passed (requests in flight then are completed and counted). The
-answer has per-request latency and time to first token (first body bytes carrying a token:
-``"response"``, as in Ollama's NDJSON lines and llmserve's ``data: {"response": ...}`` events) in
-ms, errors (a status other than 200, a broken connection, no answer within 60 s), wall time and
-this process's own CPU seconds. (The answers' token count is checked once per side by the caller,
-not here, to keep the client's per-request work small.)
+answer has per-request latency and time to first token in ms, errors (a status other than 200, a
+broken connection, no answer within 60 s), wall time and this process's own CPU seconds. The
+first token is the first body bytes that contain ``mark`` (default ``"response"``, as in
+Ollama's ``/api/generate`` lines and llmserve's ``data: {"response": ...}`` events; e.g.
+``"content":" tok"`` for ``/api/chat`` lines and OpenAI chat chunks, whose first event carries
+only the role). (The answers' token count is checked once per side by the caller, not here, to
+keep the client's per-request work small.)
 
 The client is deliberately lean so that it does not limit the measurement: one
 ``asyncio.Protocol`` per connection (uvloop if importable) with httptools' C response parser; the
@@ -36,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover
     uvloop = None
 
-MARK = b'"response"'
+MARK = '"response"'
 TIMEOUT = 60.0  # seconds for one whole request
 perf_counter = time.perf_counter
 
@@ -48,7 +50,8 @@ class Broken(Exception):
 class Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, mark: bytes) -> None:
+        self.mark = mark
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
@@ -84,10 +87,11 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self.first:
-            if MARK in body or MARK in self.tail + body[: len(MARK)]:
+            mark = self.mark
+            if mark in body or mark in self.tail + body[: len(mark)]:
                 self.first = perf_counter()
             else:
-                self.tail = body[-len(MARK) :]
+                self.tail = body[-len(mark) :]
         if self.status != 200 and len(self.error_body) < 300:
             self.error_body += body[:300]
 
@@ -130,6 +134,7 @@ async def run(cmd: dict) -> dict:
     latency, ttft = out["latency"], out["ttft"]
     stream = bool(cmd["stream"])
     host, port, request = encode_request(cmd)
+    mark = str(cmd.get("mark") or MARK).encode()
     loop = asyncio.get_running_loop()
     c = int(cmd["concurrency"])
     cpu0 = time.process_time()
@@ -148,7 +153,7 @@ async def run(cmd: dict) -> dict:
                     conn.transport.close()
                 try:
                     _, conn = await asyncio.wait_for(
-                        loop.create_connection(Connection, host, port), TIMEOUT
+                        loop.create_connection(lambda: Connection(mark), host, port), TIMEOUT
                     )
                 except (OSError, TimeoutError) as exc:
                     error(f"connect: {exc!r}")

@@ -1,12 +1,15 @@
 """Profile ``llmserve serve`` under load with cProfile (py-spy and pyinstrument are not installed).
 
     .venv/bin/python benchmarks/_profile_server.py --stream --concurrency 64 --duration 10
+    .venv/bin/python benchmarks/_profile_server.py --stream --api chat --delay 0.02 --calls
 
 Same set-up as ``load.py`` (double process with 64 tokens, auth on, request logging on, throwaway
-PostgreSQL), but the server runs as ``python -m cProfile -o FILE -m llmserve serve``; after the
-load it is stopped with SIGTERM (uvicorn exits normally, so cProfile writes its file) and the top
-functions by own time and by cumulative time are printed. cProfile slows Python code ~1.5-2x, so
-read the shares, not the absolute times.
+PostgreSQL; ``--api`` chooses ``load.py``'s request: ``generate``, ``chat`` or ``tools``), but
+the server runs as ``python -m cProfile -o FILE -m llmserve serve``; after the load it is stopped
+with SIGTERM (uvicorn exits normally, so cProfile writes its file) and the top functions by own
+time and by cumulative time are printed. cProfile slows Python code ~1.5-2x, so read the shares,
+not the absolute times. ``--checkout DIR`` profiles another checkout (an older commit, as
+``ab.py`` runs it; it must understand the chosen ``--api``).
 """
 
 from __future__ import annotations
@@ -23,13 +26,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ADMIN_URL, benchmark_database, setup_logging
-from benchmarks.load import LoadGen, bench_server_env, create_key, double_process
+from benchmarks.load import (
+    APIS,
+    LoadGen,
+    Scenario,
+    bench_server_env,
+    command,
+    create_key,
+    double_process,
+)
 from tests._server import ServerProcess, _wait_healthy, free_port
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument(
+        "--api", default="generate", choices=sorted(APIS), help="load.py's request kind"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=30)
@@ -41,6 +55,9 @@ def main() -> None:
         "--calls", action="store_true", help="also list functions by call count (per token?)"
     )
     parser.add_argument("--out", default="", help="keep the .prof file here")
+    parser.add_argument(
+        "--checkout", default="", help="profile this llmserve checkout instead (PYTHONPATH)"
+    )
     args = parser.parse_args()
     setup_logging()
     with contextlib.ExitStack() as stack:
@@ -52,7 +69,8 @@ def main() -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         prof = Path(args.out) if args.out else tmp / "server.prof"
         port = free_port()
-        env = bench_server_env(url, double_url, HOST_BIND_IP="127.0.0.1")
+        extra = {"PYTHONPATH": str(Path(args.checkout).resolve())} if args.checkout else {}
+        env = bench_server_env(url, double_url, HOST_BIND_IP="127.0.0.1", **extra)
         log_path = tmp / "server.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
@@ -77,13 +95,9 @@ def main() -> None:
         try:
             _wait_healthy(server)
             gen = LoadGen()
-            cmd = {
-                "url": server.base_url + "/api/v1/generate",
-                "headers": {"Authorization": f"Bearer {key}"},
-                "body": {"prompt": "hi", "stream": args.stream},
-                "stream": args.stream,
-                "concurrency": args.concurrency,
-            }
+            scenario = Scenario("profile", args.stream, args.concurrency, api=args.api)
+            target = {"url": server.base_url, "headers": {"Authorization": f"Bearer {key}"}}
+            cmd = command(scenario, "llmserve", target)
             res = gen.run(**cmd, duration=args.duration)
             gen.close()
             print(

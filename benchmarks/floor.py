@@ -1,6 +1,6 @@
 """What a streamed token costs *any* Python relay on this machine: the floor under llmserve.
 
-    .venv/bin/python benchmarks/floor.py [--delay 0.02] [--duration 6]
+    .venv/bin/python benchmarks/floor.py [--delay 0.02] [--duration 6] [--aiohttp]
 
 Same fast double and load generator as ``load.py`` (64-token streams, concurrency 16), with
 three things in the middle, each in its own process, measured from ``/proc`` like ``load.py``:
@@ -10,6 +10,8 @@ three things in the middle, each in its own process, measured from ``/proc`` lik
 * **minimal ASGI proxy**: uvicorn (httptools, uvloop, one worker) running a 20-line raw ASGI app
   that opens the upstream request with llmserve's own ``backends._http1`` pool and forwards
   each chunk it reads as one ``send`` — no FastAPI, no JSON, no SSE framing, no logging;
+* with ``--aiohttp``, the same proxy on ``benchmarks/_aiohttp_pool.py`` (aiohttp's client
+  behind the pool's interface): the difference between the two proxies is the clients' own;
 * **the double alone** (its own CPU on the same run).
 
 Compare with ``load.py``'s "stream c=16, 20 ms/token" row for llmserve: the difference between
@@ -92,11 +94,15 @@ def _relay(upstream: str, ready: multiprocessing.Queue) -> None:
     uvloop.run(main())
 
 
-def _minimal_proxy(upstream: str, port: int) -> None:
+def _minimal_proxy(upstream: str, port: int, client: str = "_http1") -> None:
     import uvicorn
 
     from llmserve.backends import _http1
 
+    if client == "aiohttp":
+        from benchmarks._aiohttp_pool import AiohttpPool
+
+        _http1.Http1Pool = AiohttpPool  # type: ignore[misc, assignment]
     pool: _http1.Http1Pool | None = None
 
     async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
@@ -127,6 +133,9 @@ def main() -> None:
         help="the double's tokens of different streams arrive independently (load.py's "
         "'independent' row) instead of in one decoding step for all streams",
     )
+    parser.add_argument(
+        "--aiohttp", action="store_true", help="also the minimal proxy on aiohttp's client"
+    )
     args = parser.parse_args()
     setup_logging()
     rows = []
@@ -137,18 +146,20 @@ def main() -> None:
         relay = multiprocessing.Process(target=_relay, args=(upstream, ready), daemon=True)
         relay.start()
         relay_port = ready.get(timeout=30)
-        proxy_port = free_port()
-        proxy = multiprocessing.Process(
-            target=_minimal_proxy, args=(upstream, proxy_port), daemon=True
-        )
-        proxy.start()
+        middles = [("relay", relay, relay_port)]
+        for client in ("_http1", "aiohttp") if args.aiohttp else ("_http1",):
+            port = free_port()
+            proxy = multiprocessing.Process(
+                target=_minimal_proxy, args=(upstream, port, client), daemon=True
+            )
+            proxy.start()
+            name = "minimal ASGI proxy" + (" (aiohttp)" if client == "aiohttp" else "")
+            middles.append((name, proxy, port))
         time.sleep(2.0)
         gen = LoadGen()
         stack.callback(gen.close)
-        for name, pid, port in [
-            ("relay", relay.pid, relay_port),
-            ("minimal ASGI proxy", proxy.pid, proxy_port),
-        ]:
+        for name, process, port in middles:
+            pid = process.pid
             assert pid is not None
             cmd = {
                 "url": f"http://127.0.0.1:{port}/api/generate",
@@ -166,8 +177,8 @@ def main() -> None:
             rows.append(
                 ["  (the double, same run)", n, "", round(1e6 * double_used / n / TOKENS, 1)]
             )
-        relay.kill()
-        proxy.kill()
+        for _, process, _ in middles:
+            process.kill()
     print(f"\n{TOKENS}-token streams, {args.delay * 1000:g} ms/token, concurrency {CONCURRENCY}\n")
     print_table(["in the middle", "requests", "errors", "CPU µs/token"], rows)
 

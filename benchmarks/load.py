@@ -1,17 +1,27 @@
 """Load: the Ollama double directly versus through llmserve, side by side, alternating.
 
-Starts, each in its own process: the Ollama double (64-token answers, zero per-token delay), a
-second double with 20 ms per token, one ``llmserve serve`` per double (one uvicorn worker, auth on,
-request logging on, a throwaway PostgreSQL database) and a closed-loop load generator (asyncio +
-httpx, ``benchmarks/_loadgen.py``). For each scenario (non-stream / stream, concurrency 1, 16,
-64; stream at 16 with 20 ms per token) it alternates segments: direct, through llmserve, direct,
-... Then it runs the whole pass a second time to see whether the server's memory grows.
+Starts, each in its own process: the Ollama double (64-token answers, zero per-token delay), two
+doubles with 20 ms per token, one ``llmserve serve`` per double (one uvicorn worker, auth on,
+request logging on, a throwaway PostgreSQL database) and a closed-loop load generator
+(``benchmarks/_loadgen.py``). For each scenario it alternates segments: direct, through
+llmserve, then llmserve, direct, ... Then it runs the whole pass a second time to see whether
+the server's memory grows. Scenarios:
 
-    .venv/bin/python benchmarks/load.py            # full run, about 3-4 minutes
+* ``/api/v1/generate`` (direct: the double's ``/api/generate``): non-stream and stream at
+  concurrency 1, 16, 64; stream at 16 with 20 ms per token (one step for all streams, and
+  independent streams);
+* ``chat``: a conversation (system, three earlier exchanges, a user message) streamed through
+  ``/api/v1/chat`` (direct: the double's ``/api/chat``) at 1, 16, 64, and at 16 with 20 ms/token;
+* ``tool calls``: ``/v1/chat/completions`` offering two tools, streamed (direct: ``/api/chat``
+  with the same tools); the double answers 63 text chunks and one whole call. At 16, in a burst
+  and with 20 ms/token.
+
+    .venv/bin/python benchmarks/load.py            # full run, about 7 minutes
     .venv/bin/python benchmarks/load.py --quick    # smoke run, a few seconds of load
 
 Server CPU is utime+stime of the ``llmserve serve`` process from ``/proc/<pid>/stat`` before and
-after each llmserve segment, divided by the segment's requests (and by 64 tokens per request).
+after each llmserve segment, divided by the segment's requests (and by the 64 chunks each answer
+has upstream, tool call included, for µs/token).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,10 +70,97 @@ class Scenario:
     stream: bool
     concurrency: int
     double: str = "burst"  # which double (and its own server) answers: see DOUBLES
+    api: str = "generate"  # what is asked: see APIS
 
     @property
     def slow(self) -> bool:
         return self.double != "burst"
+
+
+@dataclass(frozen=True)
+class Api:
+    """One kind of request: to the double (direct) and to llmserve, and the bytes that mark a
+    token in each answer (the load generator's first-token time)."""
+
+    direct_path: str
+    direct_body: dict[str, Any]
+    direct_mark: str
+    path: str
+    body: dict[str, Any]
+    mark: str
+
+
+SYSTEM = "You are a concise assistant. Answer in one short paragraph."
+CONVERSATION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And roughly how many people live there?"},
+    {"role": "assistant", "content": "About 2.1 million in the city, 12 million in the region."},
+    {"role": "user", "content": "Is it a good place to visit in winter?"},
+    {"role": "assistant", "content": "Yes: fewer crowds, museums, and mild but grey weather."},
+    {"role": "user", "content": "Suggest three things to do there on a rainy day."},
+]
+TOOL_QUESTION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "What's the weather in Paris right now, and what time is it?"},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "The city's name."},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The local time in a time zone.",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string", "description": "IANA name."}},
+                "required": ["zone"],
+            },
+        },
+    },
+]
+CONTENT_MARK = '"content":" tok"'  # a text token in /api/chat lines and OpenAI chat chunks
+APIS = {
+    "generate": Api(
+        "/api/generate",
+        {"model": MODEL, "prompt": "hi"},
+        '"response"',
+        "/api/v1/generate",
+        {"prompt": "hi"},
+        '"response"',
+    ),
+    "chat": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+        "/api/v1/chat",
+        {"messages": CONVERSATION},
+        '"response"',
+    ),
+    "tools": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": TOOL_QUESTION, "tools": TOOLS},
+        CONTENT_MARK,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": TOOL_QUESTION, "tools": TOOLS},
+        CONTENT_MARK,
+    ),
+}
 
 
 # The doubles, each with its own llmserve: (per-token delay, extra double arguments).
@@ -86,6 +184,12 @@ SCENARIOS = [
     Scenario("stream c=64", True, 64),
     Scenario("stream c=16, 20 ms/token", True, 16, "step"),
     Scenario("stream c=16, 20 ms/token, independent", True, 16, "independent"),
+    Scenario("chat c=1", True, 1, api="chat"),
+    Scenario("chat c=16", True, 16, api="chat"),
+    Scenario("chat c=64", True, 64, api="chat"),
+    Scenario("chat c=16, 20 ms/token", True, 16, "step", api="chat"),
+    Scenario("tool calls c=16", True, 16, api="tools"),
+    Scenario("tool calls c=16, 20 ms/token", True, 16, "step", api="tools"),
 ]
 
 
@@ -202,26 +306,54 @@ def create_key(database_url: str) -> str:
     return out.stdout.strip().splitlines()[-1].strip()
 
 
-def check_answers(direct: str, proxied: str, key: str) -> None:
-    """One stream and one non-stream request per side, checked: 64 tokens each."""
+def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
+    """One request per side and kind, checked: 64 tokens each (the tool answer: 63 and a call);
+    for generate also non-stream."""
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(timeout=30) as c:
-        text = c.post(direct + "/api/generate", json={"model": MODEL, "prompt": "hi"}).text
-        got = sum(1 for line in text.splitlines() if '"done":false' in line.replace(" ", ""))
-        if got != TOKENS:
-            raise RuntimeError(f"direct stream: {got} tokens:\n{text[:500]}")
+        for name in sorted(apis):
+            api = APIS[name]
+            text = c.post(direct + api.direct_path, json=api.direct_body).text
+            lines = [line.replace(" ", "") for line in text.splitlines()]
+            got = sum(1 for line in lines if '"done":false' in line)
+            calls = sum(1 for line in lines if '"tool_calls"' in line)
+            if got != TOKENS or calls != (name == "tools"):
+                raise RuntimeError(f"direct {name}: {got} chunks, {calls} calls:\n{text[:500]}")
+            r = c.post(proxied + api.path, json={**api.body, "stream": True}, headers=auth)
+            r.raise_for_status()
+            if name == "tools":
+                got = r.text.count(CONTENT_MARK)
+                ok = got == TOKENS - 1 and r.text.endswith("data: [DONE]\n\n")
+                ok = ok and '"finish_reason":"tool_calls"' in r.text and "get_weather" in r.text
+            else:
+                got = r.text.count('data: {"response":')
+                ok = got == TOKENS and r.text.endswith("data: {}\n\n")
+            if not ok:
+                raise RuntimeError(f"llmserve {name}: {got} tokens:\n{r.text[:500]}")
+        if "generate" not in apis:
+            return
         url = proxied + "/api/v1/generate"
-        r = c.post(url, json={"prompt": "hi", "stream": True}, headers=auth)
-        r.raise_for_status()
-        got = r.text.count('data: {"response":')
-        if got != TOKENS or not r.text.endswith("data: {}\n\n"):
-            raise RuntimeError(f"llmserve stream: {got} tokens:\n{r.text[:500]}")
         body = {"model": MODEL, "prompt": "hi", "stream": False}
         d = c.post(direct + "/api/generate", json=body).json()
         p = c.post(url, json={"prompt": "hi", "stream": False}, headers=auth)
         p.raise_for_status()
         if d["response"] != " tok" * TOKENS or p.json().get("response") != " tok" * TOKENS:
             raise RuntimeError(f"non-stream answers differ: {d!r} / {p.text[:300]}")
+
+
+def command(sc: Scenario, side: str, target: dict[str, Any]) -> dict[str, Any]:
+    """The load generator's command for one side of a scenario."""
+    api = APIS[sc.api]
+    direct = side == "direct"
+    body = api.direct_body if direct else api.body
+    return {
+        "url": target["url"] + (api.direct_path if direct else api.path),
+        "headers": target["headers"],
+        "stream": sc.stream,
+        "body": {**body, "stream": sc.stream},
+        "concurrency": sc.concurrency,
+        "mark": api.direct_mark if direct else api.mark,
+    }
 
 
 def run_pass(
@@ -240,13 +372,7 @@ def run_pass(
             order = ("direct", "llmserve") if r % 2 == 0 else ("llmserve", "direct")
             for side in order:
                 t = sides[sc.double][side]
-                cmd = {
-                    "url": t["url"],
-                    "headers": t["headers"],
-                    "stream": sc.stream,
-                    "body": {**t["body"], "stream": sc.stream},
-                    "concurrency": sc.concurrency,
-                }
+                cmd = command(sc, side, t)
                 if r == 0 and warmup > 0:
                     gen.run(**cmd, duration=warmup)
                 before = cpu_seconds(t["pid"])
@@ -360,23 +486,18 @@ def main() -> None:
             env = bench_server_env(database_url, url, max_concurrent=args.max_concurrent)
             servers[kind] = stack.enter_context(running_server(env, tmp))
         for kind, (_, url) in doubles.items():
-            check_answers(url, servers[kind].base_url, key)
+            apis = {"generate"} | {sc.api for sc in scenarios if sc.double == kind}
+            check_answers(url, servers[kind].base_url, key, apis)
         gen = LoadGen()
         stack.callback(gen.close)
         auth = {"Authorization": f"Bearer {key}"}
         sides = {
             kind: {
-                "direct": {
-                    "url": url + "/api/generate",
-                    "headers": {},
-                    "pid": proc.pid,
-                    "body": {"model": MODEL, "prompt": "hi"},
-                },
+                "direct": {"url": url, "headers": {}, "pid": proc.pid},
                 "llmserve": {
-                    "url": servers[kind].base_url + "/api/v1/generate",
+                    "url": servers[kind].base_url,
                     "headers": auth,
                     "pid": servers[kind].process.pid,
-                    "body": {"prompt": "hi"},
                 },
             }
             for kind, (proc, url) in doubles.items()

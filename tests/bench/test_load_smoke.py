@@ -1,4 +1,4 @@
-"""Smoke run of the load benchmark: it starts, measures every scenario, and prints its table.
+"""Smoke runs of the load benchmarks: each starts, measures every scenario, and prints its table.
 
 Numbers are not checked (benchmarks never assert a speed); only that the harness works end to end.
 Needs PostgreSQL on 127.0.0.1:5432, like the other benchmarks.
@@ -23,6 +23,12 @@ SCENARIOS = [
     "stream c=64",
     "stream c=16, 20 ms/token",
     "stream c=16, 20 ms/token, independent",
+    "chat c=1",
+    "chat c=16",
+    "chat c=64",
+    "chat c=16, 20 ms/token",
+    "tool calls c=16",
+    "tool calls c=16, 20 ms/token",
 ]
 
 
@@ -68,3 +74,13 @@ def test_ab_runs_two_checkouts_side_by_side() -> None:
     for c in cells[:4]:
         assert int(c[2]) > 0 and c[3] == "0", c  # requests, errors
     assert all(float(c[6]) > 0 for c in cells[4:])  # a median time to first token
+
+
+@pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
+def test_ab_client_runs_both_pools_side_by_side() -> None:
+    # One zero-delay case: one double, two servers (the aiohttp one is checked by its own log).
+    _, cells = _table("ab_client.py", "--quick", "--only", "^chat c=1$")
+    assert [(c[0], c[1]) for c in cells] == [("chat c=1", "hand-written"), ("chat c=1", "aiohttp")]
+    for c in cells:
+        assert int(c[3]) > 0 and c[4] == "0", c  # requests, errors
+    assert float(cells[1][9]) > 0  # the ratio aiohttp / hand-written
