@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The llmserve API image (SPEC §11). Build from the repository root:
+# The llmserve API image. Build from the repository root:
 #   docker build -f docker/api.Dockerfile -t llmserve-api .
 # Two stages: the builder creates a virtualenv with pip (no Poetry in the image); the runtime stage
 # gets that virtualenv and the source, runs as a non-root user and has no build tools.

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Ollama with one model baked in (SPEC §11). Build from the repository root, or with
+# Ollama with one model baked in. Build from the repository root, or with
 # `llmserve bake-image` / `make bake-image`:
 #   docker build -f docker/ollama.Dockerfile --build-arg BUILT_IN_OLLAMA_MODEL=llama3.2:1b \
 #       -t llmserve-ollama:llama3.2-1b .

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §8), served at ``/metrics``.
+"""Prometheus metrics, served at ``/metrics``.
 
 Cheap on the hot path by design: nothing is recorded per token. A generation is observed once,
 when it ends (from the same outcome that becomes its request-log row); in-flight and queued

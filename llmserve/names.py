@@ -3,7 +3,7 @@
 Full form ``[scheme://]host/namespace/model:tag``; missing parts default to
 ``registry.ollama.ai``, ``library`` and ``latest``, so ``llama3.2``,
 ``library/llama3.2:latest`` and ``registry.ollama.ai/library/llama3.2:latest`` are one model.
-Comparison ignores case, as Ollama's does. (Source: ``ollama-api.md`` §6.)
+Comparison ignores case, as Ollama's does.
 """
 
 from __future__ import annotations

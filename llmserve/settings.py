@@ -1,6 +1,6 @@
 """Settings: the one place that reads the environment.
 
-The variable names are the public contract (SPEC §2). ``.env.example`` lists every one of them
+The variable names are the public contract. ``.env.example`` lists every one of them
 and a test keeps the two in sync. Settings are never built at import time: the app and the CLI
 call :func:`load_settings` at startup, which turns any bad value into one :class:`SettingsError`
 line that names the variable.
@@ -43,7 +43,7 @@ def _check_http_url(value: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Every setting llmserve reads, with the defaults of SPEC §2."""
+    """Every setting llmserve reads, with their documented defaults (README, Configuration)."""
 
     model_config = SettingsConfigDict(
         env_file=".env",

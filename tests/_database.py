@@ -1,4 +1,4 @@
-"""Where the tests' PostgreSQL comes from (SPEC §12), in this order:
+"""Where the tests' PostgreSQL comes from, in this order:
 
 1. ``TEST_DATABASE_URL``;
 2. a PostgreSQL reachable on 127.0.0.1:5432 (``postgres`` user, trust or PG* env auth);

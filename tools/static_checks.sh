@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Static checks of the container and operations files; no Docker engine needed (SPEC §11).
+# Static checks of the container and operations files; no Docker engine needed.
 #   Hadolint         docker/*.Dockerfile
 #   ShellCheck       docker/entrypoint.sh and this script
 #   check-jsonschema the compose files (Compose specification) and .github/workflows/*.yml

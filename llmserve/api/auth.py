@@ -1,4 +1,4 @@
-"""Authentication for every route but the public ones — deny by default (SPEC §6).
+"""Authentication for every route but the public ones — deny by default.
 
 ``AuthMiddleware`` sits in front of the whole app, so a route added tomorrow is protected
 without anyone remembering to. It reads ``Authorization: Bearer <key>`` or ``X-API-Key``,

@@ -1,4 +1,4 @@
-"""Hold the app's shutdown until running requests have unwound (SIGTERM, SPEC §7).
+"""Hold the app's shutdown until running requests have unwound (SIGTERM).
 
 uvicorn stops accepting on SIGTERM, waits up to ``SHUTDOWN_GRACE_S`` for running responses,
 cancels the rest and then shuts the app down at once, while the cancelled requests may still be

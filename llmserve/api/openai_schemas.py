@@ -1,4 +1,4 @@
-"""Wire types of the OpenAI-compatible API (SPEC §9): what OpenAI's SDKs send and read.
+"""Wire types of the OpenAI-compatible API: what OpenAI's SDKs send and read.
 
 Requests are lenient where OpenAI's clients need it and strict where a silent difference would
 mislead:

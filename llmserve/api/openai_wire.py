@@ -1,4 +1,4 @@
-"""OpenAI's wire format: stream chunks, whole responses and the error envelope (SPEC §9).
+"""OpenAI's wire format: stream chunks, whole responses and the error envelope.
 
 Streams follow OpenAI's framing, event by event:
 

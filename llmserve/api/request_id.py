@@ -1,4 +1,4 @@
-"""``X-Request-ID`` on every response (SPEC §8): echoed when the client sends a sane one.
+"""``X-Request-ID`` on every response: echoed when the client sends a sane one.
 
 The id is put in ``scope["state"]["request_id"]`` and in a context variable, so log lines
 written while serving the request and the request-log row of its generation carry it.

@@ -1,4 +1,5 @@
-"""Wire types of the native API (``*Request`` / ``*Response``), strict as SPEC §3 says."""
+"""Wire types of the native API (``*Request`` / ``*Response``): strict, so unknown fields and
+out-of-range values are refused."""
 
 from __future__ import annotations
 

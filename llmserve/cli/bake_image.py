@@ -1,4 +1,4 @@
-"""``llmserve bake-image``: build the Ollama image with a model baked in (SPEC §10, §11).
+"""``llmserve bake-image``: build the Ollama image with a model baked in.
 
 The command is ``docker build -f docker/ollama.Dockerfile --build-arg BUILT_IN_OLLAMA_MODEL=<model>
 -t <tag> .``, then ``docker push <tag>`` with ``--push``. ``--dry-run`` prints the commands, one

@@ -1,4 +1,4 @@
-"""``llmserve keys``: create, list and revoke API keys (SPEC §6)."""
+"""``llmserve keys``: create, list and revoke API keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``llmserve stats``: usage per model or per API key over a window (SPEC §5)."""
+"""``llmserve stats``: usage per model or per API key over a window."""
 
 from __future__ import annotations
 

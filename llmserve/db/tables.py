@@ -28,7 +28,7 @@ class SettingRecord(Base):
 
 
 class RequestLogRecord(Base):
-    """One row per generation (SPEC §5)."""
+    """One row per generation."""
 
     __tablename__ = "request_log"
     __table_args__ = (
@@ -71,7 +71,7 @@ class AuditRecord(Base):
 
 
 class ApiKeyRecord(Base):
-    """An API key (SPEC §6). Only a salted SHA-256 of the key is kept, never the key."""
+    """An API key. Only a salted SHA-256 of the key is kept, never the key."""
 
     __tablename__ = "api_keys"
 

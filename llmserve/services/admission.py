@@ -1,4 +1,4 @@
-"""Admission control: at most N generations run, at most M wait, none waits forever (SPEC §7).
+"""Admission control: at most N generations run, at most M wait, none waits forever.
 
 Ollama queues requests for a loaded model without limit, so llmserve bounds the work it sends.
 A slot is taken before the upstream request is opened and released by the generation's

@@ -1,4 +1,4 @@
-"""API keys (SPEC §6): create, list, revoke, and authenticate without a database trip.
+"""API keys: create, list, revoke, and authenticate without a database trip.
 
 A key is ``llms_`` + 43 URL-safe characters (32 random bytes). Only ``prefix`` (the first 13
 characters, shown in listings and accepted by ``revoke``), a random salt and ``sha256(salt +

@@ -1,4 +1,4 @@
-"""Model management: list, pull, delete, switch — the rules every face shares (SPEC §3, §4).
+"""Model management: list, pull, delete, switch — the rules every face shares.
 
 * names are validated with Ollama's rules before any backend call (``names.parse``);
 * the built-in model can never be deleted (403), the active one not before a switch (409);

@@ -1,4 +1,4 @@
-"""Reading the request log (SPEC §5): the latest rows, usage statistics, and retention.
+"""Reading the request log: the latest rows, usage statistics, and retention.
 
 ``llmserve logs`` and ``llmserve stats`` call :class:`UsageService`; the server prunes once an
 hour with :func:`prune_request_log` and :func:`retention_period`. Windows are relative to now

@@ -1,4 +1,4 @@
-"""The backend fault matrix (SPEC §7) over a real ``llmserve serve`` and the Ollama double.
+"""The backend fault matrix over a real ``llmserve serve`` and the Ollama double.
 
 Each fault is injected before the first token or mid-stream, on a streamed and a whole-response
 request, and the test checks what the client saw (status, ``Retry-After``, the in-stream

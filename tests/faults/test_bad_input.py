@@ -1,7 +1,7 @@
-"""Bad input never gives a 500 or kills the server (SPEC §7), over a real ``llmserve serve``.
+"""Bad input never gives a 500 or kills the server, over a real ``llmserve serve``.
 
 A schemathesis run against ``/openapi.json`` (fixed seed, bounded examples, valid and invalid
-data for every operation), then the explicit cases. Decisions the SPEC leaves open:
+data for every operation), then the explicit cases. Decisions made here:
 
 * ``Content-Type: text/plain`` with a JSON body: 422. FastAPI parses a body as JSON only when
   the content type says JSON (or is missing), so the body is a string, which is not an object.

@@ -1,4 +1,4 @@
-"""PostgreSQL goes away while ``llmserve serve`` generates (SPEC §7).
+"""PostgreSQL goes away while ``llmserve serve`` generates.
 
 The server reaches the database through a :class:`TcpProxy`; cutting the proxy closes every
 connection and refuses new ones, which is what a stopped or unreachable PostgreSQL looks like.

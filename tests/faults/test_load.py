@@ -1,4 +1,4 @@
-"""Load and slot accounting on a real ``llmserve serve`` (SPEC §7).
+"""Load and slot accounting on a real ``llmserve serve``.
 
 64 streaming clients loop for a few seconds against 8 generation slots: no 5xx, every answer
 is a complete stream or a 429, no slot leaks, one log row per answered request. Then every way a

@@ -1,4 +1,4 @@
-"""SIGTERM on a real ``llmserve serve`` (SPEC §7): stop accepting, let running streams finish
+"""SIGTERM on a real ``llmserve serve``: stop accepting, let running streams finish
 up to ``SHUTDOWN_GRACE_S``, cancel the rest upstream, flush the request log, exit 0.
 
 What is still running when the grace period ends is cut: a stream ends with ``event: error``

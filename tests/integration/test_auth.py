@@ -1,4 +1,4 @@
-"""API keys and scopes (SPEC §6): deny by default, 401/403, constant-time hashes, audit."""
+"""API keys and scopes: deny by default, 401/403, constant-time hashes, audit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST /api/v1/generate through the app, against the Ollama double (SPEC §3, §7)."""
+"""POST /api/v1/generate through the app, against the Ollama double."""
 
 from __future__ import annotations
 

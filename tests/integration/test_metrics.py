@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics (SPEC §8)."""
+"""Prometheus metrics at /metrics."""
 
 from __future__ import annotations
 

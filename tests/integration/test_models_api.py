@@ -1,4 +1,4 @@
-"""Model management through the API, against the Ollama double (SPEC §3, §4, §5 audit)."""
+"""Model management through the API, against the Ollama double."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""X-Request-ID on every response, carried into log lines and the request-log row (SPEC §8)."""
+"""X-Request-ID on every response, carried into log lines and the request-log row."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes in this process, against the Ollama double: wire format, model
-choice, parameters, errors in OpenAI's envelope, request-log rows (SPEC §9)."""
+choice, parameters, errors in OpenAI's envelope, request-log rows."""
 
 from __future__ import annotations
 

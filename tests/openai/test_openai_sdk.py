@@ -1,4 +1,4 @@
-"""The official ``openai`` SDK against a real ``llmserve serve`` process (SPEC §9).
+"""The official ``openai`` SDK against a real ``llmserve serve`` process.
 
 The client code is what anyone would write for OpenAI, with only ``base_url`` and ``api_key``
 changed (plus ``max_retries=0`` where a test provokes a 429, so the SDK does not retry it).

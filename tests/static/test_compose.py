@@ -1,4 +1,4 @@
-"""The compose files keep the promises of SPEC §11 (read with PyYAML, no Docker needed)."""
+"""The compose files keep the README's promises (read with PyYAML, no Docker needed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Dockerfiles keep the promises of SPEC §11 (and ollama-api.md §8's pitfalls)."""
+"""The Dockerfiles keep their promises, and avoid the known pitfalls of baking Ollama images."""
 
 from __future__ import annotations
 

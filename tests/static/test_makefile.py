@@ -1,4 +1,4 @@
-"""The Makefile: every target documented and dry-runnable; setup and up do what SPEC §11 says.
+"""The Makefile: every target documented and dry-runnable; setup and up do what the README says.
 
 Targets that would call docker run in a scratch copy of the project with a stub ``docker`` first
 on PATH, which records its arguments and succeeds.

@@ -1,4 +1,4 @@
-"""Ollama's model-name rules (ollama-api.md §6)."""
+"""Ollama's model-name rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``POST /api/v1/generate`` (SPEC §3).
+"""``POST /api/v1/generate``.
 
 Two doors to one handler (:func:`answer`). The FastAPI route declares the endpoint (OpenAPI,
 validation, FastAPI's error formats); :class:`FastGenerate`, a raw ASGI route placed before it,

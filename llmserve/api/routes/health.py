@@ -1,4 +1,4 @@
-"""``/health`` (liveness), ``/ready`` (readiness, SPEC §3) and ``/metrics`` (SPEC §8)."""
+"""``/health`` (liveness), ``/ready`` (readiness) and ``/metrics``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model management routes (SPEC §3): list, active, pull, delete, switch."""
+"""Model management routes: list, active, pull, delete, switch."""
 
 from __future__ import annotations
 
