@@ -30,11 +30,9 @@ import argparse
 import contextlib
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +58,7 @@ from benchmarks.load import (
     create_key,
     double_process,
 )
-from tests._server import ServerProcess, _wait_healthy, free_port
+from tests._server import running_server
 
 HERE = Path(__file__).resolve().parent
 SIDES = {
@@ -85,27 +83,6 @@ class Side:
     requests: int = 0
     errors: int = 0
     wall: float = 0.0
-
-
-@contextlib.contextmanager
-def llmserve_process(argv: list[str], env: dict[str, str], cwd: Path) -> Iterator[ServerProcess]:
-    """``argv serve --port N`` (``tests._server.running_server`` with a chosen command)."""
-    port = free_port()
-    log_path = cwd / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*argv, "serve", "--port", str(port)],
-            env={**env, "HOST_BIND_IP": "127.0.0.1"},
-            cwd=cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        _wait_healthy(server)
-        yield server
-    finally:
-        server.stop()
 
 
 def main() -> None:
@@ -146,7 +123,7 @@ def main() -> None:
             env = bench_server_env(database_url, url)
             targets[kind] = {}
             for side, argv in SIDES.items():
-                server = stack.enter_context(llmserve_process(argv, env, tmp))
+                server = stack.enter_context(running_server(env, tmp, command=tuple(argv)))
                 apis = {case.api for case in cases if case.double == kind}
                 check_answers(url, server.base_url, key, apis)
                 if (AIOHTTP_MARK in server.log()) != (side == "aiohttp"):

@@ -42,13 +42,18 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def running_server(
-    env: dict[str, str], cwd: Path, *, extra_args: tuple[str, ...] = ()
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    command: tuple[str, ...] = (sys.executable, "-m", "llmserve"),
 ) -> Iterator[ServerProcess]:
+    """``command serve --port N`` (``llmserve`` itself unless told), healthy, stopped after."""
     port = free_port()
     log_path = cwd / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmserve", "serve", "--port", str(port), *extra_args],
+            [*command, "serve", "--port", str(port), *extra_args],
             env={**env, "HOST_BIND_IP": "127.0.0.1"},
             cwd=cwd,
             stdout=log_file,

@@ -79,8 +79,6 @@ def plan(model: str, request: GenerationRequest, n_ctx: int) -> Plan:
             "tools with tool_choice 'auto'",
             "it can only force a call: use tool_choice 'required' or name a function",
         )
-    if request.tools and choice.mode == "function" and not request.offered_tools:
-        raise errors.InvalidRequestError(f"tool_choice names '{choice.name}', which is no tool")
     window = min(options.num_ctx or n_ctx, n_ctx)
     forced = forced_schema(request)
     if forced is not None:

@@ -302,6 +302,10 @@ def test_embed_returns_one_vector_per_input_from_the_active_model(
     assert record.inputs == ["a", "b"]
     single = client.post(EMBED, json={"input": "a"}).json()
     assert single["embeddings"] == body["embeddings"][:1]
+    client.__exit__(None, None, None)
+    rows = wait_for_rows(log_rows, 2)
+    assert [(r.route, r.status, r.model) for r in rows] == [(EMBED, "ok", "llama3.2")] * 2
+    assert rows[0].prompt_tokens == body["usage"]["prompt_tokens"]
 
 
 def test_embed_uses_embedding_model_when_set(

@@ -210,6 +210,9 @@ def test_embeddings_for_a_list_of_inputs(client: openai.OpenAI, ollama: OllamaDo
     floats = struct.unpack(f"<{len(data) // 4}f", data)
     assert floats == pytest.approx(vectors[0], rel=1e-6)
 
+    short = client.embeddings.create(model="llama3.2", input="first", dimensions=4)
+    assert len(short.data[0].embedding) == 4 and ollama.embeddings[-1].dimensions == 4
+
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="nope:1b", input="x")
     with pytest.raises(openai.BadRequestError) as bad:
