@@ -10,6 +10,8 @@ A backend's stream yields **typed events**, in batches (one list per upstream re
 * ``str``: a text delta (a plain string, so the per-token path allocates nothing more);
 * :class:`ToolCallDelta`: part of a tool call (the first for an index carries its id and name,
   the following ones argument fragments);
+* :class:`Thinking`: a fragment of a thinking model's reasoning, apart from the answer (only
+  for requests through Ollama's API, whose clients read it);
 * the end: :class:`GenerationResult` (done reason ``stop`` | ``length`` | ``tool_calls``,
   usage, the tool calls whole) is set on the stream when its iteration ends.
 """
@@ -40,6 +42,10 @@ class GenerationOptions:
     frequency_penalty: float | None = None
     #: Ollama's ``keep_alive`` (seconds, or a duration string such as ``"5m"``).
     keep_alive: float | str | None = None
+    #: Ollama options with no field above (``min_p``, ``mirostat``, ``num_gpu``…), as a client
+    #: of llmserve's Ollama API sent them: Ollama receives them untouched; the other backends
+    #: refuse those that would change the answer and skip those that configure Ollama's runner.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -103,6 +109,21 @@ class ResponseFormat:
 
 
 @dataclass(slots=True, frozen=True)
+class OllamaExtras:
+    """What a request through llmserve's Ollama API carries beyond the conversation.
+
+    ``endpoint``: the Ollama route the client called (``generate`` goes to Ollama's
+    ``/api/generate``, so ``raw``, ``suffix``, ``template`` and ``context`` keep their meaning).
+    ``fields``: the top-level fields llmserve has no concept of (``think``, ``raw``, ``suffix``,
+    ``template``, ``context``, ``truncate``, ``shift``, ``logprobs``, ``top_logprobs``), sent to
+    Ollama as they came; another backend refuses any that is not at its default.
+    """
+
+    endpoint: Literal["chat", "generate"] = "chat"
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
 class GenerationRequest:
     """What a client asks for. The model is chosen by the service, never by the request."""
 
@@ -112,6 +133,8 @@ class GenerationRequest:
     tool_choice: ToolChoice = AUTO
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    #: Set by the Ollama API only: its extra fields; the stream then carries :class:`Thinking`.
+    ollama: OllamaExtras | None = None
 
     @classmethod
     def from_prompt(
@@ -178,8 +201,15 @@ class ToolCallDelta:
     arguments: str = ""
 
 
+@dataclass(slots=True, frozen=True)
+class Thinking:
+    """A fragment of a thinking model's reasoning (Ollama's ``thinking`` field)."""
+
+    text: str
+
+
 #: What a backend stream's batches hold.
-StreamEvent = str | ToolCallDelta
+StreamEvent = str | ToolCallDelta | Thinking
 
 
 @dataclass(slots=True)
@@ -199,6 +229,9 @@ class GenerationResult:
     done_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    #: The engine's own final fields the core has no concept of, for the face that speaks
+    #: its language (Ollama: ``context``, the durations, ``logprobs``).
+    native: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -228,3 +261,39 @@ class PullProgress:
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RunningModel:
+    """A model loaded in memory now (what Ollama's ``/api/ps`` lists). ``native``: the engine's
+    own description when it speaks Ollama's language (its ``/api/ps`` item, as it came)."""
+
+    name: str
+    size: int = 0
+    size_vram: int = 0
+    digest: str | None = None
+    details: dict[str, object] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    context_length: int | None = None
+    native: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ModelCard:
+    """What an engine can tell about one installed model (what Ollama's ``/api/show`` says).
+
+    ``capabilities`` use Ollama's words (``completion``, ``tools``, ``vision``, ``embedding``,
+    ``thinking``, ``insert``); ``details`` and ``model_info`` its keys (``model_info`` is the
+    GGUF metadata where there is a GGUF). ``native``: the engine's own answer when it speaks
+    Ollama's language (Ollama's ``/api/show`` JSON, as it came), for the face that speaks it.
+    """
+
+    capabilities: tuple[str, ...] = ()
+    details: dict[str, object] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    parameters: str | None = None
+    license: str | None = None
+    modified_at: datetime | None = None
+    native: dict[str, Any] | None = None

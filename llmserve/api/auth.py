@@ -19,7 +19,9 @@ from llmserve import errors
 from llmserve.api.errors import send_error
 from llmserve.services.keys import Principal
 
-PUBLIC_PATHS = frozenset({"/health", "/ready"})
+#: Open without a key: probes, and the two paths Ollama's clients call before sending one
+#: (``/`` says "Ollama is running", ``/api/version`` the version).
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/", "/api/version"})
 
 
 class AuthMiddleware:

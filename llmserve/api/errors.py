@@ -1,8 +1,11 @@
 """Every error body the API sends, built from the one registry (``llmserve/errors.py``).
 
-Two envelopes: the native ``{"detail", "code"}`` (:func:`error_body`) and OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` (:func:`openai_error_body`), which the
-``/v1/`` routes use. Three ways out: a response for routes and exception handlers
+Three envelopes, chosen by the path (:func:`face_of`): the native ``{"detail", "code"}``
+(:func:`error_body`), OpenAI's ``{"error": {"message", "type", "param", "code"}}``
+(:func:`openai_error_body`) on the ``/v1/`` routes, and Ollama's ``{"error": "…"}``
+(:func:`ollama_error_body`) on Ollama's own routes (``/`` and ``/api/…`` outside
+``/api/v1/``), so an Ollama client reads every refusal, auth and limits included. Three ways
+out: a response for routes and exception handlers
 (:func:`error_response`), raw ASGI for the middlewares that answer before the app does
 (:func:`send_error`), and one SSE event after the first streamed byte (``api/sse.py`` and
 ``api/openai_wire.py`` frame the same bodies).
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -30,6 +33,11 @@ from llmserve import errors
 
 #: Paths whose errors are answered in OpenAI's envelope when no route says otherwise.
 OPENAI_PREFIX = "/v1/"
+#: The native API's paths; every other ``/api/`` path is Ollama's.
+NATIVE_PREFIX = "/api/v1/"
+
+#: Who a path speaks to: llmserve's native clients, OpenAI's, or Ollama's.
+Face = Literal["native", "openai", "ollama"]
 
 #: The error type of each status the framework (Starlette, FastAPI) answers on its own.
 FRAMEWORK_ERRORS: dict[int, type[errors.LlmserveError]] = {
@@ -51,6 +59,19 @@ def status_for(error: errors.LlmserveError) -> int:
 
 def is_openai_path(path: str) -> bool:
     return path.startswith(OPENAI_PREFIX)
+
+
+def is_ollama_path(path: str) -> bool:
+    """``/`` and ``/api/…`` outside the native ``/api/v1/``: the paths Ollama's clients call."""
+    if path == "/":
+        return True
+    return path.startswith("/api/") and not path.startswith(NATIVE_PREFIX) and path != "/api/v1"
+
+
+def face_of(path: str) -> Face:
+    if is_openai_path(path):
+        return "openai"
+    return "ollama" if is_ollama_path(path) else "native"
 
 
 def error_headers(error: errors.LlmserveError) -> dict[str, str]:
@@ -80,9 +101,21 @@ def openai_error_body(error: errors.LlmserveError) -> OpenAIBody:
     return openai_envelope(error.detail, error.openai_type, None, error.openai_code or error.code)
 
 
-def error_response(error: errors.LlmserveError, *, openai: bool = False) -> JSONResponse:
-    body = openai_error_body(error) if openai else error_body(error)
-    return JSONResponse(body, status_code=error.status, headers=error_headers(error))
+def ollama_error_body(error: errors.LlmserveError) -> dict[str, str]:
+    """Ollama's body: ``{"error": "<message>"}`` and nothing else."""
+    return {"error": error.detail}
+
+
+def body_for(error: errors.LlmserveError, face: Face) -> dict[str, Any]:
+    if face == "openai":
+        return openai_error_body(error)
+    return ollama_error_body(error) if face == "ollama" else error_body(error)
+
+
+def error_response(error: errors.LlmserveError, *, face: Face = "native") -> JSONResponse:
+    return JSONResponse(
+        body_for(error, face), status_code=error.status, headers=error_headers(error)
+    )
 
 
 async def send_error(
@@ -91,14 +124,12 @@ async def send_error(
     error: errors.LlmserveError,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Answer with ``error`` from raw ASGI (a middleware, before or instead of the app), in
-    OpenAI's envelope on the ``/v1/`` paths; ``headers`` are added to the error's own.
+    """Answer with ``error`` from raw ASGI (a middleware, before or instead of the app), in the
+    envelope of the path's face; ``headers`` are added to the error's own.
 
     Raises ``RuntimeError`` (from the server) if a response has already been started.
     """
-    payload: dict[str, Any]
-    payload = openai_error_body(error) if is_openai_path(scope["path"]) else error_body(error)
-    body = json.dumps(payload).encode()
+    body = json.dumps(body_for(error, face_of(scope["path"]))).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -123,9 +154,9 @@ def framework_error(exc: HTTPException) -> errors.LlmserveError:
     return FRAMEWORK_ERRORS.get(exc.status_code, fallback)(detail)
 
 
-def framework_error_response(exc: HTTPException, *, openai: bool) -> JSONResponse:
+def framework_error_response(exc: HTTPException, *, face: Face) -> JSONResponse:
     """:func:`error_response` for a framework refusal, with its status and headers (``Allow``)."""
-    response = error_response(framework_error(exc), openai=openai)
+    response = error_response(framework_error(exc), face=face)
     response.status_code = exc.status_code  # differs only for a status with no error type
     if exc.headers:
         response.headers.update(exc.headers)
@@ -135,11 +166,11 @@ def framework_error_response(exc: HTTPException, *, openai: bool) -> JSONRespons
 def install(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, errors.LlmserveError)
-        return error_response(exc, openai=is_openai_path(request.scope["path"]))
+        return error_response(exc, face=face_of(request.scope["path"]))
 
     async def framework(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        return framework_error_response(exc, openai=is_openai_path(request.scope["path"]))
+        return framework_error_response(exc, face=face_of(request.scope["path"]))
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's own 422 echoes the input, and JSON cannot carry NaN or Infinity (a body

@@ -103,7 +103,7 @@ error_body = api_errors.openai_error_body
 
 
 def error_response(error: errors.LlmserveError) -> JSONResponse:
-    return api_errors.error_response(error, openai=True)
+    return api_errors.error_response(error, face="openai")
 
 
 def error_event(error: errors.LlmserveError) -> bytes:
@@ -156,7 +156,7 @@ class OpenAIRoute(APIRoute):
             except errors.LlmserveError as exc:
                 return error_response(exc)
             except HTTPException as exc:  # FastAPI's own: a body it cannot parse
-                return api_errors.framework_error_response(exc, openai=True)
+                return api_errors.framework_error_response(exc, face="openai")
 
         return handle
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -72,7 +73,9 @@ class Final(bytes):
 
 
 class EventStream(Response):
-    """Streams pre-framed SSE chunks from ``chunks`` with pings and disconnect handling.
+    """Streams pre-framed chunks from ``chunks`` with pings and disconnect handling: SSE by
+    default; ``framing`` gives another content type (Ollama's NDJSON), with no pings when
+    ``ping_interval`` is None (NDJSON has no comment lines).
 
     The start and the first chunk go out from the request's task (the generation routes have
     read the first output already, so it is there at once); the rest from a task of its own.
@@ -84,9 +87,10 @@ class EventStream(Response):
         self,
         chunks: AsyncIterator[bytes],
         *,
-        ping_interval: float,
+        ping_interval: float | None,
         headers: dict[str, str] | None = None,
         shutdown: bytes = SHUTDOWN,
+        framing: list[tuple[bytes, bytes]] = SSE_HEADERS,
     ) -> None:
         self._chunks = chunks
         self._ping_interval = ping_interval
@@ -94,7 +98,7 @@ class EventStream(Response):
         self._extra_headers = headers or {}
         self.status_code = 200
         self.background = None
-        self.raw_headers = SSE_HEADERS + [
+        self.raw_headers = framing + [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in self._extra_headers.items()
         ]
@@ -108,7 +112,7 @@ class EventStream(Response):
         assert this is not None
         loop = asyncio.get_running_loop()
         chunks = self._chunks
-        interval = self._ping_interval
+        interval = self._ping_interval if self._ping_interval is not None else math.inf
         last_sent = time.monotonic()
         client_left = False
         finished = False
@@ -159,7 +163,7 @@ class EventStream(Response):
 
         sender: asyncio.Task[None] | None = None
         watcher = asyncio.ensure_future(watch_disconnect())
-        ping_timer = loop.call_later(interval, ping_due)
+        ping_timer = loop.call_later(interval, ping_due) if interval < math.inf else None
         shut_down = False
         try:
             # Sent now, from this task: a new task would first wait its turn behind every
@@ -185,7 +189,8 @@ class EventStream(Response):
             log.debug("client connection broke mid-stream")
         finally:
             finished = True
-            ping_timer.cancel()
+            if ping_timer is not None:
+                ping_timer.cancel()
             tasks = [watcher, *pings] if sender is None else [watcher, sender, *pings]
             for task in tasks:
                 task.cancel()

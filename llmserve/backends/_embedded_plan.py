@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from llmserve import errors
+from llmserve.backends._ollama_only import refuse_ollama_only
 from llmserve.backends._tools import forced_messages, forced_schema
 from llmserve.domain import GenerationRequest
 
@@ -60,6 +61,7 @@ class Plan:
 def plan(model: str, request: GenerationRequest, n_ctx: int) -> Plan:
     """The native form of ``request``, or ``UnsupportedError`` for what the engine cannot do."""
     options = request.options
+    refuse_ollama_only(request, model, "embedded")
     if any(message.images for message in request.messages):
         raise _unsupported(model, "images", "it runs text models only")
     if options.keep_alive is not None:

@@ -18,7 +18,7 @@ Contract for generation, which keeps "validate before you stream" possible:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from llmserve.domain import (
     Embeddings,
@@ -144,10 +144,17 @@ class Backend(Protocol):
         ...
 
     async def embed(
-        self, model: str, inputs: list[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        dimensions: int | None = None,
+        ollama: dict[str, Any] | None = None,
     ) -> Embeddings:
         """One vector per input (an empty list for no input). ``UnsupportedError`` where the
-        engine or model cannot embed, or cannot shorten vectors to ``dimensions``."""
+        engine or model cannot embed, or cannot shorten vectors to ``dimensions``. ``ollama``:
+        the fields of a request through llmserve's Ollama API (``truncate``, ``keep_alive``,
+        ``options``), sent to Ollama untouched and refused elsewhere unless neutral."""
         ...
 
     async def list_models(self) -> list[ModelInfo]:
@@ -166,8 +173,9 @@ class Backend(Protocol):
         """Remove an installed model."""
         ...
 
-    async def warm(self, model: str) -> None:
-        """Load a model so the next generation does not pay for it (best effort)."""
+    async def warm(self, model: str, keep_alive: float | str | None = None) -> None:
+        """Load a model so the next generation does not pay for it; ``keep_alive`` (Ollama's:
+        how long it stays loaded, 0 unloads) is refused by the backends without it."""
         ...
 
     async def aclose(self) -> None:

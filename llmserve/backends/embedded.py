@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from llmserve import errors
 from llmserve.backends import _embedded_files as files
@@ -34,6 +34,7 @@ from llmserve.backends import _embedded_vectors as vectors
 from llmserve.backends._embedded_engine import Engine, import_llama_cpp, load_llama
 from llmserve.backends._embedded_plan import plan
 from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob
+from llmserve.backends._ollama_only import refuse_embedding_fields
 from llmserve.backends._tools import ForcedToolStream
 from llmserve.backends.base import GenerationStream
 from llmserve.domain import Embeddings, GenerationRequest, ModelInfo, PullProgress
@@ -155,9 +156,15 @@ class EmbeddedBackend:
         return ForcedToolStream(stream, request) if planned.forced else stream
 
     async def embed(
-        self, model: str, inputs: list[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        dimensions: int | None = None,
+        ollama: dict[str, Any] | None = None,
     ) -> Embeddings:
         """Unit vectors from the model's embedding instance (see ``_embedded_vectors``)."""
+        refuse_embedding_fields(ollama, model, "embedded")
         found = await asyncio.to_thread(self._find, model)
         if found is None:
             raise errors.ModelNotFoundError(f"model '{model}' not found locally")
@@ -264,7 +271,12 @@ class EmbeddedBackend:
         await self._submit(remove)
         log.info("deleted model %s (%s)", found.name, found.path)
 
-    async def warm(self, model: str) -> None:
+    async def warm(self, model: str, keep_alive: float | str | None = None) -> None:
+        if keep_alive is not None:
+            raise errors.UnsupportedError(
+                f"model '{model}' does not support keep_alive on the embedded engine (an Ollama "
+                "option; the engine keeps one model loaded until another is asked for)"
+            )
         found = await asyncio.to_thread(self._find, model)
         if found is None:
             raise errors.ModelNotFoundError(f"model '{model}' not found locally")

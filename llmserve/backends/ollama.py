@@ -37,6 +37,7 @@ from llmserve.domain import (
     ModelInfo,
     PullProgress,
     StreamEvent,
+    Thinking,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -93,11 +94,14 @@ class OllamaBackend:
         if any(message.images for message in request.messages):
             await self._require(model, "vision", "images")
         forced = forced_schema(request)
-        payload = _dumps(chat_body(model, request, forced))
+        extras = request.ollama
+        generate = extras is not None and extras.endpoint == "generate"
+        if generate:
+            path, payload = "/api/generate", _dumps(generate_body(model, request))
+        else:
+            path, payload = "/api/chat", _dumps(chat_body(model, request, forced))
         try:
-            response = await self._pool.post_json(
-                "/api/chat", payload, wait_s=self._first_token_timeout_s
-            )
+            response = await self._pool.post_json(path, payload, wait_s=self._first_token_timeout_s)
         except _http1.UpstreamError as exc:
             raise translate_transport_error(exc, self.base_url, started=False) from None
         if response.status != 200:
@@ -112,6 +116,8 @@ class OllamaBackend:
             response,
             idle_timeout_s=self._idle_timeout_s,
             deadline=time.monotonic() + self._total_timeout_s,
+            generate=generate,
+            thinking=extras is not None,
         )
         try:
             await stream.prefetch()
@@ -121,11 +127,18 @@ class OllamaBackend:
         return stream if forced is None else ForcedToolStream(stream, request)
 
     async def embed(
-        self, model: str, inputs: list[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        dimensions: int | None = None,
+        ollama: dict[str, Any] | None = None,
     ) -> Embeddings:
         body: dict[str, Any] = {"model": model, "input": inputs}
         if dimensions is not None:
             body["dimensions"] = dimensions
+        for name, value in (ollama or {}).items():
+            body.setdefault(name, value)
         timeout = self._client.timeout.as_dict()
         timeout["read"] = self._first_token_timeout_s
         http_request = self._client.build_request(
@@ -216,15 +229,16 @@ class OllamaBackend:
             raise await self._error_from(response, name)
         await response.aclose()
 
-    async def warm(self, model: str) -> None:
-        """Load ``model`` (an empty-prompt generate). Long timeout: loads are slow."""
+    async def warm(self, model: str, keep_alive: float | str | None = None) -> None:
+        """Load ``model`` (an empty-prompt generate), for ``keep_alive`` when given (0 unloads
+        it). Long timeout: loads are slow."""
         timeout = self._client.timeout.as_dict()
         timeout["read"] = self._first_token_timeout_s
+        body: dict[str, Any] = {"model": model, "prompt": "", "stream": False}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
         http_request = self._client.build_request(
-            "POST",
-            "/api/generate",
-            json={"model": model, "prompt": "", "stream": False},
-            extensions={"timeout": timeout},
+            "POST", "/api/generate", json=body, extensions={"timeout": timeout}
         )
         response = await self._send(http_request)
         if response.status_code != 200:
@@ -270,17 +284,27 @@ class OllamaBackend:
 
 
 class OllamaStream(PrefetchingStream):
-    """The events of one ``/api/chat`` NDJSON stream (see ``backends/base.py``).
+    """The events of one ``/api/chat`` (or, with ``generate``, ``/api/generate``) NDJSON stream
+    (see ``backends/base.py``).
 
     Each wake-up takes every line that has arrived, so a burst of tokens is one batch. Ollama
     sends each tool call whole (arguments as an object); it becomes one delta with the
-    arguments' JSON text, and an id when Ollama gave none (older versions don't).
+    arguments' JSON text, and an id when Ollama gave none (older versions don't). The thinking
+    text becomes :class:`Thinking` events only with ``thinking`` (for Ollama's own API).
     """
 
     def __init__(
-        self, response: _http1.Response, *, idle_timeout_s: float, deadline: float
+        self,
+        response: _http1.Response,
+        *,
+        idle_timeout_s: float,
+        deadline: float,
+        generate: bool = False,
+        thinking: bool = False,
     ) -> None:
         self._response = response
+        self._generate = generate
+        self._thinking = thinking
         self._idle_timeout_s = idle_timeout_s
         self._deadline = deadline
         self._buffer = b""
@@ -314,9 +338,11 @@ class OllamaStream(PrefetchingStream):
                             f"Ollama failed mid-generation: {obj['error']}"
                         )
                         break
-                    message = obj.get("message")
+                    message = obj if self._generate else obj.get("message")
                     if message:
-                        text = message.get("content")
+                        if self._thinking and message.get("thinking"):
+                            batch.append(Thinking(message["thinking"]))
+                        text = message.get("response" if self._generate else "content")
                         if text:
                             batch.append(text)
                         if "tool_calls" in message:
@@ -366,11 +392,20 @@ class OllamaStream(PrefetchingStream):
             prompt_tokens=int(obj.get("prompt_eval_count") or 0),
             completion_tokens=int(obj.get("eval_count") or 0),
         )
-        self.result = finished(str(obj.get("done_reason") or "stop"), usage, self._calls)
+        result = finished(str(obj.get("done_reason") or "stop"), usage, self._calls)
+        result.native = {key: value for key, value in obj.items() if key not in _CORE_FIELDS}
+        self.result = result
 
     async def aclose(self) -> None:
         # Unless the body was read to its end, this aborts the connection: what stops Ollama.
         await self._response.aclose()
+
+
+#: Fields of Ollama's final object that the core reads itself (the rest go to ``native``).
+_CORE_FIELDS = frozenset(
+    {"model", "created_at", "message", "response", "thinking", "done", "done_reason"}
+    | {"prompt_eval_count", "eval_count"}
+)
 
 
 def _parse_lines(lines: list[bytes]) -> tuple[list[dict[str, Any]], errors.LlmserveError | None]:
@@ -494,11 +529,36 @@ def chat_body(
         body["format"] = forced
     elif response_format is not None and response_format.kind != "text":
         body["format"] = response_format.schema if response_format.schema is not None else "json"
+    return _common(body, request)
+
+
+def generate_body(model: str, request: GenerationRequest) -> dict[str, Any]:
+    """The ``/api/generate`` body for a request through llmserve's Ollama ``/api/generate``:
+    the prompt (the last message), its images and the system message as the client sent them,
+    so that ``raw``, ``suffix``, ``template`` and ``context`` keep their meaning."""
+    messages = request.messages
+    last = messages[-1]
+    body: dict[str, Any] = {"model": model, "prompt": last.content, "stream": True}
+    if messages[0].role == "system" and len(messages) > 1:
+        body["system"] = messages[0].content
+    if last.images:
+        body["images"] = list(last.images)
+    response_format = request.response_format
+    if response_format is not None and response_format.kind != "text":
+        body["format"] = response_format.schema if response_format.schema is not None else "json"
+    return _common(body, request)
+
+
+def _common(body: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """Options, ``keep_alive`` and the Ollama API's own fields, as the client sent them."""
     options = _options(request)
     if options:
         body["options"] = options
     if request.options.keep_alive is not None:
         body["keep_alive"] = request.options.keep_alive
+    if request.ollama is not None:
+        for name, value in request.ollama.fields.items():
+            body.setdefault(name, value)
     return body
 
 
@@ -542,6 +602,8 @@ def _options(request: GenerationRequest) -> dict[str, Any]:
             out[theirs] = value
     if opts.stop:
         out["stop"] = list(opts.stop)
+    if opts.extra:
+        out.update(opts.extra)
     return out
 
 

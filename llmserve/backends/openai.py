@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from llmserve import errors
+from llmserve.backends._ollama_only import refuse_embedding_fields, refuse_ollama_only
 from llmserve.backends._openai_stream import OpenAIStream, error_message
 from llmserve.domain import Embeddings, GenerationRequest, Message, ModelInfo, PullProgress
 
@@ -116,8 +117,14 @@ class OpenAIBackend:
         return stream
 
     async def embed(
-        self, model: str, inputs: list[str], *, dimensions: int | None = None
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        dimensions: int | None = None,
+        ollama: dict[str, Any] | None = None,
     ) -> Embeddings:
+        refuse_embedding_fields(ollama, model, "openai")
         if not inputs:
             return Embeddings([], 0)
         body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
@@ -169,8 +176,13 @@ class OpenAIBackend:
             "unload models in the OpenAI-compatible server itself"
         )
 
-    async def warm(self, model: str) -> None:
-        """Nothing to do: the server keeps its models loaded."""
+    async def warm(self, model: str, keep_alive: float | str | None = None) -> None:
+        """Nothing to do: the server keeps its models loaded (and ``keep_alive``, Ollama's, is
+        refused)."""
+        if keep_alive is not None:
+            raise errors.UnsupportedError(
+                "the option 'keep_alive' is Ollama's: the openai backend cannot honour it"
+            )
 
     async def aclose(self) -> None:
         """Nothing to release: the caller owns the client."""
@@ -246,6 +258,7 @@ def chat_body(model: str, request: GenerationRequest) -> dict[str, Any]:
     """The ``/v1/chat/completions`` body: the conversation, tools, tool choice and response
     format in OpenAI's own form."""
     opts = request.options
+    refuse_ollama_only(request, model, "openai")
     for name, value in (("num_ctx", opts.num_ctx), ("keep_alive", opts.keep_alive)):
         if value is not None:
             raise errors.UnsupportedError(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmserve import errors
 from llmserve.backends.base import Backend
@@ -79,8 +79,9 @@ class EmbeddingService:
         model: str | None = None,
         dimensions: int | None = None,
         api_key_id: int | None = None,
+        ollama: dict[str, Any] | None = None,
     ) -> EmbeddingAnswer:
-        """One vector per input, in order."""
+        """One vector per input, in order. ``ollama``: see ``Backend.embed``."""
         self.check(inputs, dimensions)
         if model is None:
             model = self.default_model
@@ -92,7 +93,7 @@ class EmbeddingService:
         try:
             await self._admission.acquire()
             acquired = True
-            result = await self._backend.embed(model, inputs, dimensions=dimensions)
+            result = await self._backend.embed(model, inputs, dimensions=dimensions, ollama=ollama)
             tokens = result.prompt_tokens
             return EmbeddingAnswer(model, result)
         except errors.LlmserveError as exc:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from llmserve import errors
 from llmserve.backends.base import Backend, GenerationStream
-from llmserve.domain import GenerationRequest, GenerationResult, StreamEvent
+from llmserve.domain import GenerationRequest, GenerationResult, StreamEvent, Thinking
 from llmserve.logging_setup import current_request_id
 from llmserve.services.active_model import ActiveModelService
 from llmserve.services.admission import Admission
@@ -157,10 +157,13 @@ class Generation:
         self._log_prompts = log_prompts
         self._stream: GenerationStream | None = None
         self._admission: Admission | None = None
-        self._started = time.perf_counter()
-        self._ttft: float | None = None
+        #: When the request reached the service, and how long its first output took (s).
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.admitted = self.started  # when admission control let it run
         self._pieces: list[StreamEvent] | None = [] if log_prompts else None
         self.text = ""  # the whole text, after read_all()
+        self.thinking = ""  # the whole reasoning, after read_all() (Ollama's API only)
         self._status = "ok"
         self._error: str | None = None
         self._closed = False
@@ -173,23 +176,30 @@ class Generation:
             await self.aclose()
             raise
         self._admission = admission
+        self.admitted = time.perf_counter()
         try:
             self._stream = await backend.open_generation(self.model, self.request)
         except BaseException as exc:
             self._fail(exc)
             await self.aclose()
             raise
-        self._ttft = time.perf_counter() - self._started
+        self.ttft = time.perf_counter() - self.started
 
     async def read_all(self) -> None:
         """Read the answer to its end into ``text`` (tool calls: ``result``), then close."""
         parts: list[str] = []
+        thinking: list[str] = []
         try:
             async for batch in self.batches():
-                parts.extend(piece for piece in batch if type(piece) is str)
+                for piece in batch:
+                    if type(piece) is str:
+                        parts.append(piece)
+                    elif type(piece) is Thinking:
+                        thinking.append(piece.text)
         finally:
             await self.aclose()
         self.text = "".join(parts)
+        self.thinking = "".join(thinking)
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
@@ -263,10 +273,10 @@ class Generation:
             route=self._route,
             model=self.model,
             status=self._status,
-            duration_ms=(time.perf_counter() - self._started) * 1000.0,
+            duration_ms=(time.perf_counter() - self.started) * 1000.0,
             completion_tokens=completion,
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
-            ttft_ms=self._ttft * 1000.0 if self._ttft is not None else None,
+            ttft_ms=self.ttft * 1000.0 if self.ttft is not None else None,
             error=self._error,
             request_id=self._request_id,
             api_key_id=self._api_key_id,

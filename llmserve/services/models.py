@@ -192,6 +192,13 @@ class ModelService:
             task.add_done_callback(self._warming.discard)
         return installed.name
 
+    async def load(self, name: str, keep_alive: float | str | None = None) -> str:
+        """Load the installed model ``name`` means (``keep_alive`` 0: unload it), as Ollama does
+        for a generation with nothing to generate; return its name."""
+        model = await self.resolve(name)
+        await self._backend.warm(model, keep_alive)
+        return model
+
     async def aclose(self) -> None:
         for task in list(self._warming):
             task.cancel()

@@ -227,3 +227,48 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused(server: ServerProcess) -
     refused = httpx.post(f"{server.base_url}/api/v1/chat", json=body, timeout=120)
     assert refused.status_code == 400
     assert refused.json()["code"] == "unsupported" and "maximum" in refused.json()["detail"]
+
+
+def _active(server: ServerProcess) -> str:
+    return str(httpx.get(server.base_url + "/api/v1/models/active").json()["model"])
+
+
+def test_ollamas_chat_streams_real_text_from_the_embedded_engine(server: ServerProcess) -> None:
+    model = _active(server)
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "options": {"num_predict": 16, "num_thread": 2, "use_mmap": True},  # runner options: moot
+        "think": False,
+    }
+    with httpx.stream("POST", server.base_url + "/api/chat", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
+        objects = [json.loads(line) for line in response.iter_lines()]
+    *chunks, last = objects
+    assert len(chunks) > 3 and all(c["done"] is False for c in chunks)
+    assert len("".join(c["message"]["content"] for c in chunks).strip()) > 10
+    assert last["done"] is True and last["done_reason"] in ("stop", "length")
+    assert last["eval_count"] > 0 and last["prompt_eval_count"] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "named"),
+    [
+        ("/api/chat", {"think": True}, "'think'"),
+        ("/api/chat", {"options": {"min_p": 0.1}}, "'min_p'"),
+        ("/api/generate", {"raw": True}, "'raw'"),
+        ("/api/generate", {"keep_alive": "5m"}, "keep_alive"),
+    ],
+)
+def test_what_only_ollama_has_is_refused_in_ollamas_shape_naming_it(
+    server: ServerProcess, path: str, extra: dict[str, object], named: str
+) -> None:
+    body: dict[str, object] = {"model": _active(server), **extra}
+    if path == "/api/chat":
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    else:
+        body["prompt"] = "hi"
+    response = httpx.post(server.base_url + path, json=body, timeout=60)
+    assert response.status_code == 400
+    assert list(response.json()) == ["error"] and named in response.json()["error"]

@@ -1,0 +1,197 @@
+"""Ollama's generation API: ``POST /api/generate``, ``/api/chat``, ``/api/embed`` and the
+legacy ``/api/embeddings``, in Ollama's own wire format (``api/ollama_wire.py``).
+
+A thin face: each route reads its body the way Ollama does (``api/ollama_schemas.py``), hands
+the conversation to the one generation entry point (admission, timeouts, cancellation, request
+log and metrics, under these route names) and writes what comes back as Ollama would. The
+request names its model: any installed one (``name`` means ``name:latest``). A request with
+nothing to generate loads the model (``done_reason: "load"``), or unloads it with
+``keep_alive: 0`` (``"unload"``), as Ollama does.
+
+Where llmserve still differs from Ollama, on purpose: every answer that holds tool calls ends
+with ``done_reason: "tool_calls"`` (Ollama says ``stop``), and the statuses of llmserve's own
+refusals (429 for admission and limits, 401/403 for keys, 413 for size) are kept, with Ollama's
+``{"error": "…"}`` body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from llmserve import errors
+from llmserve.api.deps import runtime_of
+from llmserve.api.generating import key_id_in, run_generation
+from llmserve.api.ollama_schemas import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    parse_body,
+)
+from llmserve.api.ollama_wire import (
+    NDJSON_HEADERS,
+    SHUTDOWN_LINE,
+    Endpoint,
+    OllamaLines,
+    error_line,
+    load_object,
+    whole_object,
+)
+from llmserve.api.sse import EventStream, framed_events
+from llmserve.services.embeddings import EmbeddingAnswer
+
+router = APIRouter(tags=["ollama"])
+
+GENERATE_ROUTE = "/api/generate"
+CHAT_ROUTE = "/api/chat"
+EMBED_ROUTE = "/api/embed"
+EMBEDDINGS_ROUTE = "/api/embeddings"
+
+_JSON = "application/json; charset=utf-8"
+_STREAM_DOC = {
+    "description": "NDJSON lines (`application/x-ndjson`) by default; one object with "
+    "`stream: false`.",
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+}
+
+
+def _doc(model: type[Any]) -> dict[str, Any]:
+    """The request body's schema for the OpenAPI document (the route reads the body itself)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+@router.post(
+    "/api/generate", openapi_extra=_doc(OllamaGenerateRequest), responses={200: _STREAM_DOC}
+)
+async def generate(request: Request) -> Response:
+    """Ollama's `/api/generate`: complete `prompt` (with `system`, `suffix`, `raw`, `images`,
+    `format`, `options`, `keep_alive`, `think`)."""
+    body = parse_body(await request.body(), OllamaGenerateRequest)
+    if not body.model:
+        raise errors.ModelNotFoundError("model '' not found")
+    return await _answer(request, body, "generate", GENERATE_ROUTE)
+
+
+@router.post("/api/chat", openapi_extra=_doc(OllamaChatRequest), responses={200: _STREAM_DOC})
+async def chat(request: Request) -> Response:
+    """Ollama's `/api/chat`: answer `messages` (with `tools`, `images`, `format`, `options`,
+    `keep_alive`, `think`)."""
+    body = parse_body(await request.body(), OllamaChatRequest)
+    if not body.model:
+        raise errors.InvalidRequestError("model is required")
+    return await _answer(request, body, "chat", CHAT_ROUTE)
+
+
+async def _answer(
+    request: Request,
+    body: OllamaGenerateRequest | OllamaChatRequest,
+    endpoint: Endpoint,
+    route: str,
+) -> Response:
+    runtime = runtime_of(request)
+    runtime.models.validate(body.model)
+    if body.loads_only:
+        with _ollama_not_found(f"model '{body.model}' not found"):
+            await runtime.models.load(body.model, body.keep_alive)
+        reason = "unload" if body.unloads else "load"
+        return Response(load_object(body.model, endpoint, reason), media_type=_JSON)
+    domain = body.to_domain(runtime.settings.MAX_IMAGE_BYTES)
+    with _ollama_not_found(f"model '{body.model}' not found"):
+        generation = await run_generation(
+            request.scope,
+            request.receive,
+            domain,
+            route=route,
+            stream=body.stream,
+            model=body.model,
+        )
+    if generation is None:
+        return Response(status_code=499)  # nobody reads it; the row says "cancelled"
+    if not body.stream:
+        return Response(
+            orjson.dumps(whole_object(generation, body.model, endpoint)), media_type=_JSON
+        )
+    lines = OllamaLines(generation, body.model, endpoint)
+    return EventStream(
+        framed_events(generation, encode=lines.encode, tail=lines.tail, error=error_line),
+        ping_interval=None,
+        framing=NDJSON_HEADERS,
+        shutdown=SHUTDOWN_LINE,
+    )
+
+
+@router.post("/api/embed", openapi_extra=_doc(OllamaEmbedRequest))
+async def embed(request: Request) -> Response:
+    """Ollama's `/api/embed`: unit vectors for `input` (a text or a list of texts)."""
+    body = parse_body(await request.body(), OllamaEmbedRequest)
+    if not body.model:
+        raise errors.ModelNotFoundError("model '' not found")
+    fields = _given(body, "truncate", "keep_alive", "options")
+    with _ollama_not_found(f"model '{body.model}' not found"):
+        answer = await _embed(
+            request, body.model, body.inputs, EMBED_ROUTE, fields, body.dimensions
+        )
+    out: dict[str, Any] = {"model": body.model, "embeddings": answer.embeddings.vectors}
+    if answer.embeddings.prompt_tokens:
+        out["prompt_eval_count"] = answer.embeddings.prompt_tokens
+    return Response(orjson.dumps(out), media_type=_JSON)
+
+
+@router.post("/api/embeddings", openapi_extra=_doc(OllamaEmbeddingsRequest))
+async def embeddings(request: Request) -> Response:
+    """Ollama's legacy `/api/embeddings`: one vector for `prompt`."""
+    body = parse_body(await request.body(), OllamaEmbeddingsRequest)
+    if not body.model:
+        raise errors.InvalidRequestError("model is required")
+    if not body.prompt:
+        return Response(b'{"embedding":[]}', media_type=_JSON)
+    fields = _given(body, "keep_alive", "options")
+    with _ollama_not_found(f'model "{body.model}" not found, try pulling it first'):
+        answer = await _embed(request, body.model, [body.prompt], EMBEDDINGS_ROUTE, fields, None)
+    return Response(orjson.dumps({"embedding": answer.embeddings.vectors[0]}), media_type=_JSON)
+
+
+def _given(body: BaseModel, *names: str) -> dict[str, Any]:
+    """The fields among ``names`` the client sent (to pass to Ollama as they came)."""
+    return {name: getattr(body, name) for name in names if getattr(body, name) is not None}
+
+
+async def _embed(
+    request: Request,
+    model: str,
+    inputs: list[str],
+    route: str,
+    fields: dict[str, Any],
+    dimensions: int | None,
+) -> EmbeddingAnswer:
+    runtime = runtime_of(request)
+    runtime.models.validate(model)
+    return await runtime.embeddings.embed(
+        inputs,
+        route=route,
+        model=model,
+        dimensions=dimensions,
+        api_key_id=key_id_in(request.scope),
+        ollama=fields or None,
+    )
+
+
+@contextmanager
+def _ollama_not_found(message: str) -> Iterator[None]:
+    """Turns llmserve's "not installed" into Ollama's own text, with the name as the client
+    sent it (``model 'x' not found``)."""
+    try:
+        yield
+    except errors.ModelNotFoundError:
+        raise errors.ModelNotFoundError(message) from None
