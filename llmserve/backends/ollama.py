@@ -34,8 +34,10 @@ from llmserve.domain import (
     GenerationRequest,
     GenerationResult,
     Message,
+    ModelCard,
     ModelInfo,
     PullProgress,
+    RunningModel,
     StreamEvent,
     Thinking,
     ToolCall,
@@ -47,6 +49,10 @@ from llmserve.domain import (
 log = logging.getLogger(__name__)
 
 _MAX_ERROR_BODY = 64 * 1024
+#: What Ollama names when a model lacks a capability (``"x" does not support tools``).
+_CAPABILITIES = frozenset(
+    {"chat", "generate", "completion", "tools", "thinking", "insert", "vision", "embedding"}
+)
 _CAPABILITIES_TTL_S = 60.0
 
 
@@ -245,6 +251,72 @@ class OllamaBackend:
             raise await self._error_from(response, model)
         await response.aclose()
 
+    async def running_models(self) -> list[RunningModel]:
+        response = await self._send(self._client.build_request("GET", "/api/ps"))
+        if response.status_code != 200:
+            raise await self._error_from(response, None)
+        payload = await _read_json(response)
+        items = payload.get("models") or []
+        return [_running_model(item) for item in items if isinstance(item, dict)]
+
+    async def show(self, model: str, *, verbose: bool = False) -> ModelCard:
+        body: dict[str, Any] = {"model": model}
+        if verbose:
+            body["verbose"] = True
+        response = await self._send(self._client.build_request("POST", "/api/show", json=body))
+        if response.status_code != 200:
+            raise await self._error_from(response, model)
+        return _model_card(await _read_json(response))
+
+    async def copy(self, source: str, destination: str) -> None:
+        body = {"source": source, "destination": destination}
+        response = await self._send(self._client.build_request("POST", "/api/copy", json=body))
+        if response.status_code != 200:
+            raise await self._error_from(response, source)
+        await response.aclose()
+
+    async def create(self, name: str, request: dict[str, Any]) -> AsyncIterator[PullProgress]:
+        """Ollama's ``/api/create`` with ``request`` as the client sent it (``model`` set to
+        ``name``; always streamed). Ollama's messages are kept: a 400 is ``InvalidRequestError``,
+        a 404 or a base model the registry lacks ``ModelNotFoundError``, any other error line
+        ``BackendStreamError``. A ``from`` model that is not installed is pulled first, so a
+        ``success`` line (the pull's) may come before the end; the stream's last line is the
+        create's own ``success``."""
+        timeout = self._client.timeout.as_dict()
+        timeout["read"] = max(self._idle_timeout_s, 300.0)
+        body = {**request, "model": name, "stream": True}
+        http_request = self._client.build_request(
+            "POST", "/api/create", json=body, extensions={"timeout": timeout}
+        )
+        response = await self._send(http_request)
+        try:
+            if response.status_code != 200:
+                raise await self._create_refusal(response)
+            last = None
+            async for line in _ndjson(response):
+                if "error" in line:
+                    raise _create_failure(str(line["error"]))
+                last = _progress(line)
+                yield last
+            if last is None or last.status != "success":
+                raise errors.BackendStreamError(f"Ollama ended the create of '{name}' early")
+        finally:
+            await response.aclose()
+
+    async def _create_refusal(self, response: httpx.Response) -> errors.LlmserveError:
+        if response.status_code not in (400, 404):
+            return await self._error_from(response, None)
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await response.aclose()
+        message = _error_message(raw[:_MAX_ERROR_BODY]) or f"HTTP {response.status_code}"
+        if response.status_code == 404:
+            return errors.ModelNotFoundError(message)
+        return errors.InvalidRequestError(message)
+
     async def aclose(self) -> None:
         """Close the generation connections (the runtime owns the shared httpx client)."""
         self._pool.close()
@@ -277,9 +349,11 @@ class OllamaBackend:
             return errors.BackendBusyError(f"Ollama is busy: {message}")
         if status == 400 and model is not None and "invalid model name" in message:
             return errors.InvalidModelNameError(f"invalid model name '{model}'")
-        if status == 400 and "does not support" in message:
-            what = message.partition(" does not support ")[2] or "this request"
+        what = message.partition(" does not support ")[2]
+        if status == 400 and what in _CAPABILITIES:  # '"x" does not support tools'
             return errors.UnsupportedError(f"model '{model}' does not support {what} (Ollama)")
+        if status == 400:  # the request's fault (raw with system, a bad option…): Ollama's words
+            return errors.InvalidRequestError(f"Ollama refused the request: {message}")
         return errors.BackendError(f"Ollama answered {status}: {message}")
 
 
@@ -629,3 +703,51 @@ def _model_info(item: dict[str, Any]) -> ModelInfo:
         digest=item.get("digest"),
         details=dict(item.get("details") or {}),
     )
+
+
+def _running_model(item: dict[str, Any]) -> RunningModel:
+    context_length = item.get("context_length")
+    return RunningModel(
+        name=str(item.get("name") or item.get("model")),
+        size=int(item.get("size") or 0),
+        size_vram=int(item.get("size_vram") or 0),
+        digest=item.get("digest"),
+        details=dict(item.get("details") or {}),
+        expires_at=parse_timestamp(item.get("expires_at")),
+        context_length=context_length if isinstance(context_length, int) else None,
+        native=item,
+    )
+
+
+def _model_card(payload: dict[str, Any]) -> ModelCard:
+    def text(key: str) -> str | None:
+        value = payload.get(key)
+        return value if isinstance(value, str) else None
+
+    return ModelCard(
+        capabilities=tuple(str(c) for c in payload.get("capabilities") or ()),
+        details=dict(payload.get("details") or {}),
+        model_info=dict(payload.get("model_info") or {}),
+        template=text("template"),
+        system=text("system"),
+        parameters=text("parameters"),
+        license=text("license"),
+        modified_at=parse_timestamp(payload.get("modified_at")),
+        native=payload,
+    )
+
+
+def _progress(line: dict[str, Any]) -> PullProgress:
+    return PullProgress(
+        status=str(line.get("status", "")),
+        digest=line.get("digest"),
+        total=line.get("total"),
+        completed=line.get("completed"),
+    )
+
+
+def _create_failure(message: str) -> errors.LlmserveError:
+    """An error line of ``/api/create``: a base model the registry lacks is "not found"."""
+    if "file does not exist" in message or "not found" in message:
+        return errors.ModelNotFoundError(message)
+    return errors.BackendStreamError(message)

@@ -339,3 +339,32 @@ def test_with_auth_every_ollama_route_but_the_probes_needs_a_key_and_answers_oll
         assert response.status_code == 401, path
         assert list(response.json()) == ["error"]
         assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_ollamas_own_400_is_a_400_with_its_words(client: TestClient, ollama: OllamaDouble) -> None:
+    response = client.post(
+        "/api/generate",
+        json={"model": "llama3.2", "prompt": "hi", "raw": True, "system": "x", "stream": False},
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "Ollama refused the request: raw mode does not support template, system, or "
+        "context"
+    }
+
+
+def test_a_full_admission_queue_is_429_in_ollamas_shape_and_the_slot_comes_back(
+    make_client: Callable[..., TestClient], ollama: OllamaDouble
+) -> None:
+    client = make_client(MAX_CONCURRENT_GENERATIONS=1, MAX_QUEUED_GENERATIONS=0)
+    ollama.enqueue(Script(tokens=["t"] * 40, delay_s=0.05))
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]}
+    with client.stream("POST", "/api/chat", json=chat) as holder:
+        assert holder.status_code == 200
+        full = client.post("/api/chat", json=chat)
+        assert full.status_code == 429
+        assert int(full.headers["retry-after"]) >= 1
+        assert list(full.json()) == ["error"]
+        for _ in holder.iter_lines():
+            pass
+    assert client.post("/api/chat", json={**chat, "stream": False}).status_code == 200
