@@ -15,7 +15,7 @@ from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.drain import DrainBeforeShutdown
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for, image_body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
-from llmserve.api.routes import chat, generate, health, models, ollama, openai
+from llmserve.api.routes import chat, generate, health, models, ollama, ollama_models, openai
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
 from llmserve.settings import Settings, load_settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(ollama.router)
+    app.include_router(ollama_models.router)
     return app
 
 

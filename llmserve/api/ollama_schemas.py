@@ -38,7 +38,6 @@ from llmserve.domain import (
     ResponseFormat,
     Tool,
     ToolCall,
-    new_call_id,
 )
 from llmserve.services.images import checked_base64
 
@@ -165,8 +164,10 @@ class OllamaMessage(_Lenient):
             role=self.role,  # type: ignore[arg-type]  # checked above
             content=self.content,
             images=tuple(checked_base64(image, max_image_bytes) for image in self.images or ()),
+            # An Ollama client may send calls without an id (Ollama reads the name): none is
+            # made up, so Ollama receives the calls as they came.
             tool_calls=tuple(
-                ToolCall(call.id or new_call_id(), call.function.name, call.function.arguments)
+                ToolCall(call.id or "", call.function.name, call.function.arguments)
                 for call in self.tool_calls or ()
             ),
             tool_call_id=self.tool_call_id,

@@ -9,10 +9,13 @@ a normal status with the same body (``api/errors.py``).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from pydantic import BaseModel
 
 from llmserve import errors
 from llmserve.domain import GenerationResult, StreamEvent, Thinking
@@ -25,6 +28,29 @@ NDJSON_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's request body for the OpenAPI document (Ollama's routes read the body
+    themselves, the way Ollama does: ``api/ollama_schemas.parse_body``)."""
+    schema = model.model_json_schema(by_alias=True)
+    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+
+
+@contextmanager
+def as_ollama(*, invalid: str | None = None, not_found: str | None = None) -> Iterator[None]:
+    """Ollama's own texts for llmserve's "invalid name" and "not installed" refusals (the
+    name as the client sent it: ``model 'x' not found``)."""
+    try:
+        yield
+    except errors.InvalidModelNameError:
+        if invalid is None:
+            raise
+        raise errors.InvalidModelNameError(invalid) from None
+    except errors.ModelNotFoundError:
+        if not_found is None:
+            raise
+        raise errors.ModelNotFoundError(not_found) from None
 
 
 def line(payload: Any) -> bytes:

@@ -20,6 +20,7 @@ from tests.fakes.ollama_admin import (
     handle_version,
 )
 from tests.fakes.ollama_chat import handle_chat
+from tests.fakes.ollama_create import handle_create
 from tests.fakes.ollama_decode import RequestError
 from tests.fakes.ollama_embed import handle_embed, handle_embeddings
 from tests.fakes.ollama_generate import handle_generate
@@ -44,6 +45,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/pull": {"POST": handle_pull},
     "/api/delete": {"DELETE": handle_delete},
     "/api/copy": {"POST": handle_copy},
+    "/api/create": {"POST": handle_create},
 }
 
 

@@ -13,8 +13,9 @@ sync tests, async tests and subprocesses. The scripting and recording API lives 
 how an answer goes (text, thinking, tool calls, JSON for ``format``, failures, timing).
 
 Routes: ``/``, ``/api/version``, ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/pull``,
-``/api/delete``, ``/api/copy``, ``/api/generate``, ``/api/chat`` (messages, images, tools,
-``format``; see :mod:`tests.fakes.ollama_chat`), ``/api/embed`` and ``/api/embeddings`` (see
+``/api/delete``, ``/api/copy``, ``/api/create`` (see :mod:`tests.fakes.ollama_create`),
+``/api/generate``, ``/api/chat`` (messages, images, tools, ``format``; see
+:mod:`tests.fakes.ollama_chat`), ``/api/embed`` and ``/api/embeddings`` (see
 :mod:`tests.fakes.ollama_embed`).
 """
 
@@ -32,6 +33,7 @@ import uvicorn
 
 from tests.fakes.ollama_app import OllamaApp
 from tests.fakes.ollama_records import (
+    CreateRecord,
     EmbedRecord,
     GenerationRecord,
     ModelEntry,
@@ -42,6 +44,7 @@ from tests.fakes.ollama_records import (
 from tests.fakes.ollama_state import DoubleState
 
 __all__ = [
+    "CreateRecord",
     "EmbedRecord",
     "GenerationRecord",
     "ModelEntry",

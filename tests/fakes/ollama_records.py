@@ -197,6 +197,21 @@ class PullRecord:
     error: str | None = None
 
 
+@dataclass
+class CreateRecord:
+    """One ``/api/create`` that got past validation: ``request`` holds the decoded fields
+    (canonical names, no ``null`` ones); ``statuses`` the progress written, in order."""
+
+    model: str
+    stream: bool
+    request: dict[str, Any]
+    statuses: list[str] = field(default_factory=list)
+    finished: bool = False
+    cancelled: bool = False
+    aborted: bool = False
+    error: str | None = None
+
+
 def _fake_digest(*parts: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
 
@@ -220,6 +235,9 @@ class ModelEntry:
     quantization_level: str
     capabilities: tuple[str, ...]
     embedding_dim: int = DEFAULT_EMBEDDING_DIM
+    #: Set by ``/api/create`` (``system``, ``template``); ``/api/show`` reports them.
+    system: str | None = None
+    template: str | None = None
 
     @classmethod
     def build(

@@ -20,6 +20,7 @@ from tests.fakes.ollama_records import (
     DEFAULT_CAPABILITIES,
     DEFAULT_EMBEDDING_DIM,
     DEFAULT_SIZE,
+    CreateRecord,
     EmbedRecord,
     GenerationRecord,
     ModelEntry,
@@ -76,6 +77,8 @@ class DoubleState:
         self._requests: list[RecordedRequest] = []
         self._generations: list[GenerationRecord] = []
         self._pulls: list[PullRecord] = []
+        self._creates: list[CreateRecord] = []
+        self._blobs: set[str] = set()  # digests of the layers /api/create has written
         self._embeddings: list[EmbedRecord] = []
         self._cancelled: list[GenerationRecord] = []
         self._cancelled_pulls: list[PullRecord] = []
@@ -228,6 +231,12 @@ class DoubleState:
             return list(self._pulls)
 
     @property
+    def creates(self) -> list[CreateRecord]:
+        """``/api/create`` requests that got past validation, oldest first."""
+        with self._lock:
+            return list(self._creates)
+
+    @property
     def embeddings(self) -> list[EmbedRecord]:
         """Answered ``/api/embed`` and ``/api/embeddings`` requests, oldest first."""
         with self._lock:
@@ -270,6 +279,8 @@ class DoubleState:
             self._requests.clear()
             self._generations.clear()
             self._pulls.clear()
+            self._creates.clear()
+            self._blobs.clear()
             self._embeddings.clear()
             self._cancelled.clear()
             self._cancelled_pulls.clear()
@@ -314,6 +325,22 @@ class DoubleState:
             entry.modified_at = self._now_modified()
             self._models[parsed.key] = entry
 
+    def install_created(self, raw: str, entry: ModelEntry) -> None:
+        """Finish a create: install ``entry`` as ``raw`` (an installed spelling is kept)."""
+        parsed = _parse(raw)
+        with self._lock:
+            existing = self._models.get(parsed.key)
+            entry.name = existing.name if existing else parsed
+            entry.modified_at = self._now_modified()
+            self._models[parsed.key] = entry
+
+    def add_blob(self, digest: str) -> bool:
+        """Record a layer written by ``/api/create``; return whether it was there already."""
+        with self._lock:
+            known = digest in self._blobs
+            self._blobs.add(digest)
+            return known
+
     def copy_model(self, source: str, destination: str) -> bool:
         """``/api/copy``: False when ``source`` is not installed."""
         src, dst = _parse(source), _parse(destination)
@@ -350,13 +377,17 @@ class DoubleState:
         with self._lock:
             self._pulls.append(record)
 
-    def mark_cancelled(self, record: GenerationRecord | PullRecord) -> None:
+    def begin_create(self, record: CreateRecord) -> None:
+        with self._lock:
+            self._creates.append(record)
+
+    def mark_cancelled(self, record: GenerationRecord | PullRecord | CreateRecord) -> None:
         """The client left before the end: record it and wake :meth:`wait_for_cancel`."""
         with self._cancel_seen:
             record.cancelled = True
             if isinstance(record, GenerationRecord):
                 self._cancelled.append(record)
-            else:
+            elif isinstance(record, PullRecord):
                 self._cancelled_pulls.append(record)
             self._cancel_seen.notify_all()
 

@@ -17,7 +17,20 @@ from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord
 from llmserve.services.keys import KeyService, parse_duration
 from tests.fakes.ollama_double import OllamaDouble
 
-PUBLIC = {"/health", "/ready", "/metrics"}  # /metrics: unless METRICS_REQUIRE_AUTH=true
+# /metrics: unless METRICS_REQUIRE_AUTH=true; "/" and /api/version: Ollama's clients probe them
+# before they send a key.
+PUBLIC = {"/health", "/ready", "/metrics", "/", "/api/version"}
+#: Ollama's model and admin routes, which must be among those refused without a key.
+OLLAMA_MODEL_ROUTES = {
+    ("GET", "/api/tags"),
+    ("HEAD", "/api/tags"),
+    ("GET", "/api/ps"),
+    ("POST", "/api/show"),
+    ("POST", "/api/pull"),
+    ("DELETE", "/api/delete"),
+    ("POST", "/api/copy"),
+    ("POST", "/api/create"),
+}
 
 
 @pytest.fixture
@@ -54,6 +67,13 @@ def all_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
 def test_every_route_but_the_public_ones_refuses_an_anonymous_request(secured: TestClient) -> None:
     routes = all_routes(secured.app)
     assert {("POST", "/api/v1/generate"), ("POST", "/api/v1/models/pull")} <= routes
+    assert routes >= OLLAMA_MODEL_ROUTES
+    assert {
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("GET", "/api/version"),
+        ("HEAD", "/api/version"),
+    } <= routes
     assert {p for _, p in routes} >= PUBLIC
     checked = 0
     for method, path in sorted(routes):

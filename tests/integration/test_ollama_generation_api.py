@@ -368,3 +368,19 @@ def test_a_full_admission_queue_is_429_in_ollamas_shape_and_the_slot_comes_back(
         for _ in holder.iter_lines():
             pass
     assert client.post("/api/chat", json={**chat, "stream": False}).status_code == 200
+
+
+def test_tool_calls_sent_without_an_id_reach_ollama_without_one(
+    client: TestClient, ollama: OllamaDouble
+) -> None:
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    messages = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "-3 degrees", "tool_name": "get_weather"},
+    ]
+    body = {"model": "llama3.2", "messages": messages, "tools": [WEATHER], "stream": False}
+    assert client.post("/api/chat", json=body).status_code == 200
+    sent = upstream(ollama, "/api/chat")["messages"]
+    assert sent[1]["tool_calls"] == [call]  # no id made up for Ollama
+    assert sent[2] == {"role": "tool", "content": "-3 degrees", "tool_name": "get_weather"}

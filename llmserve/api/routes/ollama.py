@@ -16,8 +16,7 @@ refusals (429 for admission and limits, 401/403 for keys, 413 for size) are kept
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ from pydantic import BaseModel
 
 from llmserve import errors
 from llmserve.api.deps import runtime_of
-from llmserve.api.generating import key_id_in, run_generation
+from llmserve.api.generating import key_in, run_generation
 from llmserve.api.ollama_schemas import (
     OllamaChatRequest,
     OllamaEmbeddingsRequest,
@@ -39,8 +38,10 @@ from llmserve.api.ollama_wire import (
     SHUTDOWN_LINE,
     Endpoint,
     OllamaLines,
+    as_ollama,
     error_line,
     load_object,
+    openapi_body,
     whole_object,
 )
 from llmserve.api.sse import EventStream, framed_events
@@ -61,18 +62,8 @@ _STREAM_DOC = {
 }
 
 
-def _doc(model: type[Any]) -> dict[str, Any]:
-    """The request body's schema for the OpenAPI document (the route reads the body itself)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
-
-
 @router.post(
-    "/api/generate", openapi_extra=_doc(OllamaGenerateRequest), responses={200: _STREAM_DOC}
+    "/api/generate", openapi_extra=openapi_body(OllamaGenerateRequest), responses={200: _STREAM_DOC}
 )
 async def generate(request: Request) -> Response:
     """Ollama's `/api/generate`: complete `prompt` (with `system`, `suffix`, `raw`, `images`,
@@ -83,7 +74,9 @@ async def generate(request: Request) -> Response:
     return await _answer(request, body, "generate", GENERATE_ROUTE)
 
 
-@router.post("/api/chat", openapi_extra=_doc(OllamaChatRequest), responses={200: _STREAM_DOC})
+@router.post(
+    "/api/chat", openapi_extra=openapi_body(OllamaChatRequest), responses={200: _STREAM_DOC}
+)
 async def chat(request: Request) -> Response:
     """Ollama's `/api/chat`: answer `messages` (with `tools`, `images`, `format`, `options`,
     `keep_alive`, `think`)."""
@@ -102,12 +95,12 @@ async def _answer(
     runtime = runtime_of(request)
     runtime.models.validate(body.model)
     if body.loads_only:
-        with _ollama_not_found(f"model '{body.model}' not found"):
+        with as_ollama(not_found=f"model '{body.model}' not found"):
             await runtime.models.load(body.model, body.keep_alive)
         reason = "unload" if body.unloads else "load"
         return Response(load_object(body.model, endpoint, reason), media_type=_JSON)
     domain = body.to_domain(runtime.settings.MAX_IMAGE_BYTES)
-    with _ollama_not_found(f"model '{body.model}' not found"):
+    with as_ollama(not_found=f"model '{body.model}' not found"):
         generation = await run_generation(
             request.scope,
             request.receive,
@@ -131,24 +124,31 @@ async def _answer(
     )
 
 
-@router.post("/api/embed", openapi_extra=_doc(OllamaEmbedRequest))
+@router.post("/api/embed", openapi_extra=openapi_body(OllamaEmbedRequest))
 async def embed(request: Request) -> Response:
     """Ollama's `/api/embed`: unit vectors for `input` (a text or a list of texts)."""
     body = parse_body(await request.body(), OllamaEmbedRequest)
     if not body.model:
         raise errors.ModelNotFoundError("model '' not found")
     fields = _given(body, "truncate", "keep_alive", "options")
-    with _ollama_not_found(f"model '{body.model}' not found"):
+    started = time.perf_counter()
+    with as_ollama(not_found=f"model '{body.model}' not found"):
         answer = await _embed(
             request, body.model, body.inputs, EMBED_ROUTE, fields, body.dimensions
         )
-    out: dict[str, Any] = {"model": body.model, "embeddings": answer.embeddings.vectors}
-    if answer.embeddings.prompt_tokens:
-        out["prompt_eval_count"] = answer.embeddings.prompt_tokens
+    native = answer.embeddings.native
+    out: dict[str, Any] = {
+        "model": body.model,
+        "embeddings": answer.embeddings.vectors,
+        # llmserve's whole time; the engine's own load time when it reports one (Ollama).
+        "total_duration": int((time.perf_counter() - started) * 1e9),
+        "load_duration": int(native.get("load_duration") or 0),
+        "prompt_eval_count": answer.embeddings.prompt_tokens,
+    }
     return Response(orjson.dumps(out), media_type=_JSON)
 
 
-@router.post("/api/embeddings", openapi_extra=_doc(OllamaEmbeddingsRequest))
+@router.post("/api/embeddings", openapi_extra=openapi_body(OllamaEmbeddingsRequest))
 async def embeddings(request: Request) -> Response:
     """Ollama's legacy `/api/embeddings`: one vector for `prompt`."""
     body = parse_body(await request.body(), OllamaEmbeddingsRequest)
@@ -157,7 +157,7 @@ async def embeddings(request: Request) -> Response:
     if not body.prompt:
         return Response(b'{"embedding":[]}', media_type=_JSON)
     fields = _given(body, "keep_alive", "options")
-    with _ollama_not_found(f'model "{body.model}" not found, try pulling it first'):
+    with as_ollama(not_found=f'model "{body.model}" not found, try pulling it first'):
         answer = await _embed(request, body.model, [body.prompt], EMBEDDINGS_ROUTE, fields, None)
     return Response(orjson.dumps({"embedding": answer.embeddings.vectors[0]}), media_type=_JSON)
 
@@ -182,16 +182,6 @@ async def _embed(
         route=route,
         model=model,
         dimensions=dimensions,
-        api_key_id=key_id_in(request.scope),
+        key=key_in(request.scope),
         ollama=fields or None,
     )
-
-
-@contextmanager
-def _ollama_not_found(message: str) -> Iterator[None]:
-    """Turns llmserve's "not installed" into Ollama's own text, with the name as the client
-    sent it (``model 'x' not found``)."""
-    try:
-        yield
-    except errors.ModelNotFoundError:
-        raise errors.ModelNotFoundError(message) from None
