@@ -240,6 +240,8 @@ class Embeddings:
 
     vectors: list[list[float]]
     prompt_tokens: int = 0
+    #: The engine's own fields the core has no concept of (Ollama: its durations).
+    native: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

@@ -24,8 +24,10 @@ from llmserve.domain import (
     Embeddings,
     GenerationRequest,
     GenerationResult,
+    ModelCard,
     ModelInfo,
     PullProgress,
+    RunningModel,
     StreamEvent,
 )
 
@@ -180,4 +182,25 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections, threads and engines."""
+        ...
+
+    async def running_models(self) -> list[RunningModel]:
+        """The models loaded in memory now; ``[]`` where the engine cannot tell."""
+        ...
+
+    async def show(self, model: str, *, verbose: bool = False) -> ModelCard:
+        """What the engine knows of the installed ``model`` (``verbose``: GGUF arrays whole);
+        ``ModelNotFoundError`` when it is not installed."""
+        ...
+
+    async def copy(self, source: str, destination: str) -> None:
+        """Install ``source`` a second time as ``destination`` (replacing it).
+        ``ModelNotFoundError`` when ``source`` is not installed; ``NotSupportedError`` where
+        the engine cannot."""
+        ...
+
+    def create(self, name: str, request: dict[str, Any]) -> AsyncIterator[PullProgress]:
+        """Create the model ``name`` from an Ollama ``/api/create`` request (sent as it came),
+        reporting progress; the last item has status ``success``. ``NotSupportedError`` where
+        the engine cannot."""
         ...

@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,10 +35,18 @@ from llmserve.backends import _embedded_vectors as vectors
 from llmserve.backends._embedded_engine import Engine, import_llama_cpp, load_llama
 from llmserve.backends._embedded_plan import plan
 from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob
+from llmserve.backends._gguf import read_metadata
 from llmserve.backends._ollama_only import refuse_embedding_fields
 from llmserve.backends._tools import ForcedToolStream
 from llmserve.backends.base import GenerationStream
-from llmserve.domain import Embeddings, GenerationRequest, ModelInfo, PullProgress
+from llmserve.domain import (
+    Embeddings,
+    GenerationRequest,
+    ModelCard,
+    ModelInfo,
+    PullProgress,
+    RunningModel,
+)
 
 __all__ = ["EmbeddedBackend", "EmbeddedStream", "default_threads", "load_llama"]
 
@@ -282,6 +291,62 @@ class EmbeddedBackend:
             raise errors.ModelNotFoundError(f"model '{model}' not found locally")
         await self._submit(lambda: self._engine.load(found.path))
 
+    async def running_models(self) -> list[RunningModel]:
+        """The model in memory, if any. It stays until another is asked for, so it expires
+        when Ollama's "forever" does; all of it is in RAM (no VRAM), its size the file's."""
+        path = self._engine.path
+        if path is None:
+            return []
+        models = await self.list_models()
+        info = next((m for m in models if m.details.get("path") == str(path)), None)
+        try:
+            metadata = await asyncio.to_thread(read_metadata, path)
+        except OSError:  # deleted since it was loaded
+            return []
+        return [
+            RunningModel(
+                name=info.name if info is not None else files.model_name(path),
+                size=info.size if info is not None else 0,
+                digest=info.digest if info is not None else None,
+                details=metadata.details(),
+                expires_at=datetime.now(UTC) + _FOREVER,
+                context_length=self._engine.n_ctx,
+            )
+        ]
+
+    async def show(self, model: str, *, verbose: bool = False) -> ModelCard:
+        """From the GGUF header: its keys (``model_info``, as Ollama shows them), ``details``
+        and the chat template when the file has one. Capabilities: ``completion`` and
+        ``embedding``; not ``tools`` (only forced calls, which Ollama's API cannot ask for)
+        nor ``vision`` (see ``_embedded_plan``)."""
+        found = await asyncio.to_thread(self._find, model)
+        if found is None:
+            raise errors.ModelNotFoundError(f"model '{model}' not found locally")
+        metadata = await asyncio.to_thread(read_metadata, found.path, verbose=verbose)
+        info = dict(metadata.kv)
+        template = info.pop("tokenizer.chat_template", None)
+        info.pop("general.name", None)  # Ollama leaves it out too
+        return ModelCard(
+            capabilities=("completion", "embedding"),
+            details=metadata.details(),
+            model_info=info,
+            template=template if isinstance(template, str) else None,
+            modified_at=found.modified_at,
+        )
+
+    async def copy(self, source: str, destination: str) -> None:
+        raise errors.NotSupportedError(
+            "copying models is not supported by the embedded backend: copy the .gguf file "
+            "into EMBEDDED_MODELS_DIR under the new name"
+        )
+
+    async def create(self, name: str, request: dict[str, Any]) -> AsyncIterator[PullProgress]:
+        raise errors.NotSupportedError(
+            "creating models is not supported by the embedded backend: put a .gguf file "
+            "into EMBEDDED_MODELS_DIR (or pull one by its path)"
+        )
+        yield  # unreachable; makes this an async generator like the protocol's create
+
     async def aclose(self) -> None:
         """Stop every generation, free the model and the worker thread. Idempotent."""
         if self._closed:
@@ -307,3 +372,7 @@ def _info(gguf: files.GgufFile, name: str, digest: str | None) -> ModelInfo:
         digest=digest,
         details={"format": "gguf", "path": str(gguf.path)},
     )
+
+
+#: Ollama's "forever" (a negative ``keep_alive``): the longest Go duration, ~292 years.
+_FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)

@@ -157,7 +157,8 @@ class OllamaBackend:
         vectors = payload.get("embeddings")
         if not isinstance(vectors, list):
             raise errors.BackendError("Ollama sent an embedding answer without 'embeddings'")
-        return Embeddings(vectors, int(payload.get("prompt_eval_count") or 0))
+        native = {k: v for k, v in payload.items() if k.endswith("_duration")}
+        return Embeddings(vectors, int(payload.get("prompt_eval_count") or 0), native)
 
     async def _require(self, model: str, capability: str, what: str) -> None:
         """Refuse ``what`` when Ollama says ``model`` lacks ``capability`` (``/api/show``,
@@ -642,12 +643,18 @@ def _message(message: Message, names: dict[str, str]) -> dict[str, Any]:
         out["images"] = list(message.images)
     if message.tool_calls:
         out["tool_calls"] = [
-            {"id": call.id, "function": {"name": call.name, "arguments": call.arguments}}
+            (
+                {"id": call.id, "function": {"name": call.name, "arguments": call.arguments}}
+                if call.id
+                else {"function": {"name": call.name, "arguments": call.arguments}}
+            )
             for call in message.tool_calls
         ]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
-    tool_name = message.tool_name or names.get(message.tool_call_id or "")
+    tool_name = message.tool_name or (
+        names.get(message.tool_call_id) if message.tool_call_id else None
+    )
     if message.role == "tool" and tool_name:
         out["tool_name"] = tool_name  # what Ollama's templates read
     return out

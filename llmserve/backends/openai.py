@@ -19,7 +19,15 @@ import httpx
 from llmserve import errors
 from llmserve.backends._ollama_only import refuse_embedding_fields, refuse_ollama_only
 from llmserve.backends._openai_stream import OpenAIStream, error_message
-from llmserve.domain import Embeddings, GenerationRequest, Message, ModelInfo, PullProgress
+from llmserve.domain import (
+    Embeddings,
+    GenerationRequest,
+    Message,
+    ModelCard,
+    ModelInfo,
+    PullProgress,
+    RunningModel,
+)
 
 __all__ = ["OpenAIBackend", "OpenAIStream", "normalise_base_url"]
 
@@ -183,6 +191,37 @@ class OpenAIBackend:
             raise errors.UnsupportedError(
                 "the option 'keep_alive' is Ollama's: the openai backend cannot honour it"
             )
+
+    async def running_models(self) -> list[RunningModel]:
+        """``[]``: an OpenAI-compatible server does not say which models it holds in memory."""
+        return []
+
+    async def show(self, model: str, *, verbose: bool = False) -> ModelCard:
+        """What ``/v1/models`` says of ``model`` (when it was created), and the capabilities
+        llmserve gives it: ``completion`` and ``tools`` (sent in OpenAI's form; how well the
+        model calls them is the server's affair). Nothing is known of its weights."""
+        found = next(
+            (info for info in await self.list_models() if info.name.lower() == model.lower()),
+            None,
+        )
+        if found is None:
+            raise errors.ModelNotFoundError(
+                f"model '{model}' is not served by {_WHERE} at {self.base_url}"
+            )
+        return ModelCard(capabilities=("completion", "tools"), modified_at=found.modified_at)
+
+    async def copy(self, source: str, destination: str) -> None:
+        raise errors.NotSupportedError(
+            "copying models is not supported by the openai backend: "
+            "name models in the OpenAI-compatible server itself"
+        )
+
+    async def create(self, name: str, request: dict[str, Any]) -> AsyncIterator[PullProgress]:
+        raise errors.NotSupportedError(
+            "creating models is not supported by the openai backend: "
+            "load models in the OpenAI-compatible server itself"
+        )
+        yield  # unreachable; makes this an async generator like the protocol's create
 
     async def aclose(self) -> None:
         """Nothing to release: the caller owns the client."""

@@ -1,11 +1,12 @@
-"""Model management: list, pull, delete, switch — the rules every face shares.
+"""Model management: list, pull, delete, switch, show, copy, create — the rules every face shares.
 
 * names are validated with Ollama's rules before any backend call (``names.parse``);
 * the built-in model can never be deleted (403), the active one not before a switch (409);
 * a switch checks the backend's installed models first (404 "not found locally"), then writes
   the database (last writer wins), updates this process at once and warms the model in the
   background; other processes follow within ``ACTIVE_MODEL_REFRESH_S``;
-* every pull, delete and switch leaves an audit row: who, what, when, outcome.
+* copy and create never write over the built-in model (403);
+* every pull, delete, switch, copy and create leaves an audit row: who, what, when, outcome.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from llmserve import errors, names
 from llmserve.backends.base import Backend
 from llmserve.db import repositories
-from llmserve.domain import ModelInfo, PullProgress
+from llmserve.domain import ModelCard, ModelInfo, PullProgress, RunningModel
 from llmserve.services.active_model import ActiveModelService
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,63 @@ class ModelService:
         model = await self.resolve(name)
         await self._backend.warm(model, keep_alive)
         return model
+
+    async def show(self, name: str, *, verbose: bool = False) -> ModelCard:
+        """What the backend knows of the installed model ``name`` means (404 if none)."""
+        self.validate(name)
+        return await self._backend.show(await self.resolve(name), verbose=verbose)
+
+    async def running(self) -> list[RunningModel]:
+        """The models the backend holds in memory now."""
+        return await self._backend.running_models()
+
+    async def ollama_version(self) -> str | None:
+        """The version of the Ollama server behind llmserve; None for the other engines, whose
+        versions are not Ollama versions."""
+        return await self._backend.version() if self._backend.name == "ollama" else None
+
+    async def copy(self, source: str, destination: str, *, actor: str) -> None:
+        """Install ``source`` again as ``destination``; both names are checked first."""
+        self.validate(source)
+        self.validate(destination)
+        target = f"{source} -> {destination}"
+        try:
+            self._refuse_overwriting_built_in(destination)
+            await self._backend.copy(source, destination)
+        except errors.LlmserveError as exc:
+            await self._audit(actor, "copy", target, _outcome(exc), exc.detail)
+            raise
+        await self._audit(actor, "copy", target, "ok", None)
+
+    async def create(
+        self, name: str, request: dict[str, Any], *, actor: str
+    ) -> AsyncIterator[PullProgress]:
+        """Create ``name`` from an Ollama create ``request`` (its ``from`` checked as a name
+        too), yielding progress until the end; the last item has status ``success``."""
+        self.validate(name)
+        base = request.get("from")
+        if isinstance(base, str) and base:
+            self.validate(base)
+        outcome, detail = "error", None
+        try:
+            self._refuse_overwriting_built_in(name)
+            async for progress in self._backend.create(name, request):
+                yield progress
+            outcome = "ok"
+        except errors.LlmserveError as exc:
+            outcome, detail = _outcome(exc), exc.detail
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome, detail = "cancelled", "the client went away"
+            raise
+        finally:
+            await self._audit(actor, "create", name, outcome, detail)
+
+    def _refuse_overwriting_built_in(self, name: str) -> None:
+        if names.same_model(name, self.built_in):
+            raise errors.ModelProtectedError(
+                f"model '{name}' is the built-in model and cannot be overwritten"
+            )
 
     async def aclose(self) -> None:
         for task in list(self._warming):
