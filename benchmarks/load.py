@@ -14,7 +14,13 @@ the server's memory grows. Scenarios:
   ``/api/v1/chat`` (direct: the double's ``/api/chat``) at 1, 16, 64, and at 16 with 20 ms/token;
 * ``tool calls``: ``/v1/chat/completions`` offering two tools, streamed (direct: ``/api/chat``
   with the same tools); the double answers 63 text chunks and one whole call. At 16, in a burst
-  and with 20 ms/token.
+  and with 20 ms/token;
+* ``ollama chat``: the same conversation through llmserve's Ollama API, ``/api/chat`` on both
+  sides (the same request an Ollama client sends), NDJSON in and out, at 1, 16, 64 and at 16
+  with 20 ms/token;
+* ``limited key``: non-stream and stream generate at 16 with a key that has every limit (rpm,
+  tpm, concurrency, a monthly budget, allowed models), all too high to be reached: against the
+  same rows with the plain key, the cost of the key policy per request.
 
     .venv/bin/python benchmarks/load.py            # full run, about 7 minutes
     .venv/bin/python benchmarks/load.py --quick    # smoke run, a few seconds of load
@@ -71,6 +77,7 @@ class Scenario:
     concurrency: int
     double: str = "burst"  # which double (and its own server) answers: see DOUBLES
     api: str = "generate"  # what is asked: see APIS
+    limited: bool = False  # llmserve side: a key with every limit (never reached), see main()
 
     @property
     def slow(self) -> bool:
@@ -160,6 +167,14 @@ APIS = {
         {"model": MODEL, "messages": TOOL_QUESTION, "tools": TOOLS},
         CONTENT_MARK,
     ),
+    "ollama": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+    ),
 }
 
 
@@ -190,6 +205,12 @@ SCENARIOS = [
     Scenario("chat c=16, 20 ms/token", True, 16, "step", api="chat"),
     Scenario("tool calls c=16", True, 16, api="tools"),
     Scenario("tool calls c=16, 20 ms/token", True, 16, "step", api="tools"),
+    Scenario("non-stream c=16, limited key", False, 16, limited=True),
+    Scenario("stream c=16, limited key", True, 16, limited=True),
+    Scenario("ollama chat c=1", True, 1, api="ollama"),
+    Scenario("ollama chat c=16", True, 16, api="ollama"),
+    Scenario("ollama chat c=64", True, 64, api="ollama"),
+    Scenario("ollama chat c=16, 20 ms/token", True, 16, "step", api="ollama"),
 ]
 
 
@@ -306,6 +327,30 @@ def create_key(database_url: str) -> str:
     return out.stdout.strip().splitlines()[-1].strip()
 
 
+def create_limited_key(database_url: str) -> str:
+    """A key with every limit of the key policy, each far beyond what a run reaches."""
+    from llmserve.db.session import make_engine, make_sessions
+    from llmserve.services.keys import KeyService
+    from llmserve.services.policy import KeyPolicy
+
+    engine = make_engine(database_url)
+    try:
+        policy = KeyPolicy(
+            rpm=10**8,
+            tpm=2 * 10**9,
+            concurrency=10_000,
+            budget=10**15,
+            budget_period="month",
+            models=("llama3*",),
+        )
+        key, _ = KeyService(make_sessions(engine)).create(
+            "bench-limited", policy=policy, actor="benchmark"
+        )
+    finally:
+        engine.dispose()
+    return key
+
+
 def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
     """One request per side and kind, checked: 64 tokens each (the tool answer: 63 and a call);
     for generate also non-stream."""
@@ -325,6 +370,9 @@ def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
                 got = r.text.count(CONTENT_MARK)
                 ok = got == TOKENS - 1 and r.text.endswith("data: [DONE]\n\n")
                 ok = ok and '"finish_reason":"tool_calls"' in r.text and "get_weather" in r.text
+            elif name == "ollama":
+                got = r.text.count(CONTENT_MARK)
+                ok = got == TOKENS and '"done":true' in r.text.splitlines()[-1]
             else:
                 got = r.text.count('data: {"response":')
                 ok = got == TOKENS and r.text.endswith("data: {}\n\n")
@@ -346,9 +394,10 @@ def command(sc: Scenario, side: str, target: dict[str, Any]) -> dict[str, Any]:
     api = APIS[sc.api]
     direct = side == "direct"
     body = api.direct_body if direct else api.body
+    headers = target["limited_headers"] if sc.limited and not direct else target["headers"]
     return {
         "url": target["url"] + (api.direct_path if direct else api.path),
-        "headers": target["headers"],
+        "headers": headers,
         "stream": sc.stream,
         "body": {**body, "stream": sc.stream},
         "concurrency": sc.concurrency,
@@ -477,6 +526,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         database_url = stack.enter_context(benchmark_database(args.database_url, args.admin_url))
         key = create_key(database_url)
+        limited = create_limited_key(database_url)
         doubles = {
             k: stack.enter_context(double_process(DOUBLES[k][0], *DOUBLES[k][1])) for k in kinds
         }
@@ -497,6 +547,7 @@ def main() -> None:
                 "llmserve": {
                     "url": servers[kind].base_url,
                     "headers": auth,
+                    "limited_headers": {"Authorization": f"Bearer {limited}"},
                     "pid": servers[kind].process.pid,
                 },
             }

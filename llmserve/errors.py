@@ -25,11 +25,14 @@ every attribute and that no two types share a code.
     │   └── MethodNotAllowedError      method_not_allowed     405   2
     ├── AuthenticationError            unauthorized           401  11  no or bad key
     ├── PermissionDeniedError          forbidden              403  12  the key is not admin
+    │   └── ModelNotAllowedError       model_not_allowed      403  12  outside the key's models
     ├── ModelNotFoundError             model_not_found        404   3  the model is not installed
     ├── ModelProtectedError            model_protected        403   4  the built-in model stays
     ├── ModelInUseError                model_in_use           409   4  the active model stays
     ├── NotSupportedError              not_supported          501   5  the backend cannot do it
     ├── OverloadedError                overloaded             429   6  admission full/timed out
+    ├── RateLimitedError               rate_limited           429   6  over a limit of the key
+    ├── PolicyUnavailableError         policy_unavailable     503   7  no database, fail closed
     ├── DatabaseUnavailableError       database_unavailable   503   7
     ├── ShuttingDownError              shutting_down          503   9  cut by the server's stop
     └── BackendError                   backend_error          502   8  the backend said error
@@ -132,6 +135,13 @@ class PermissionDeniedError(LlmserveError):
     openai_type = "permission_error"
 
 
+class ModelNotAllowedError(PermissionDeniedError):
+    """The key's policy does not allow this model (``keys create --models``)."""
+
+    code = "model_not_allowed"
+    log_status = "rejected"
+
+
 class ModelNotFoundError(LlmserveError):
     code = "model_not_found"
     status = 404
@@ -169,6 +179,43 @@ class OverloadedError(LlmserveError):
     log_status = "rejected"
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(LlmserveError):
+    """Over one of the key's limits: ``reason`` is ``rpm``, ``tpm``, ``concurrency`` or
+    ``budget``; ``headers`` are OpenAI's ``x-ratelimit-*`` for the limits the key has."""
+
+    code = "rate_limited"
+    status = 429
+    exit_code = 6
+    openai_type = "rate_limit_error"
+    openai_code = "rate_limit_exceeded"
+    log_status = "rejected"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: str = "rpm",
+        retry_after: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+
+class PolicyUnavailableError(LlmserveError):
+    """The key has limits, the database that counts them is down and POLICY_FAIL_MODE=closed."""
+
+    code = "policy_unavailable"
+    status = 503
+    exit_code = 7
+
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
 

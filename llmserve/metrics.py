@@ -73,12 +73,22 @@ class Metrics:
             "Request-log rows dropped because the buffer was full",
             registry=r,
         )
+        self.policy_rejections = Counter(
+            "llmserve_policy_rejections",
+            "Requests a key's policy refused, by reason: rpm, tpm, concurrency, budget, model, "
+            "unavailable (database down, POLICY_FAIL_MODE=closed)",
+            ["reason"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "llmserve_generations_in_flight", "Generations running now", registry=r
         )
         self.queued = Gauge(
             "llmserve_generations_queued", "Generations waiting for a slot", registry=r
         )
+
+    def policy_rejected(self, reason: str) -> None:
+        self.policy_rejections.labels(reason).inc()
 
     def follow_admission(self, running: Callable[[], float], queued: Callable[[], float]) -> None:
         """Read the admission counters at scrape time (no cost per request)."""

@@ -29,6 +29,7 @@ from llmserve.services.generation import GenerationService
 from llmserve.services.images import ImageFetcher
 from llmserve.services.keys import KeyService
 from llmserve.services.models import ModelService
+from llmserve.services.policy import PolicyService
 from llmserve.services.request_log import RequestLogWriter
 from llmserve.services.usage import prune_request_log, retention_period
 from llmserve.settings import Settings
@@ -46,6 +47,8 @@ class Runtime:
     embeddings: EmbeddingService
     models: ModelService
     keys: KeyService
+    #: The keys' limits (None with AUTH_REQUIRED=false: no keys, no limits).
+    policy: PolicyService | None
 
     def __init__(
         self,
@@ -92,6 +95,17 @@ class Runtime:
             settings.QUEUE_TIMEOUT_S,
         )
         self.metrics.follow_admission(lambda: admission.running, lambda: admission.queued)
+        # Keys (and so their limits) exist only with AUTH_REQUIRED=true.
+        self.policy = None
+        if settings.AUTH_REQUIRED and self._follow:
+            self.policy = PolicyService(
+                self.engine,
+                fail_mode=settings.POLICY_FAIL_MODE,
+                lease_s=settings.POLICY_LEASE_S,
+                metrics=self.metrics,
+            )
+            await self.policy.start()
+            stack.push_async_callback(self.policy.stop)
         self.models = ModelService(
             self.backend,
             self.active_model,
@@ -110,6 +124,7 @@ class Runtime:
             images=ImageFetcher(
                 client, allow_urls=settings.ALLOW_IMAGE_URLS, max_bytes=settings.MAX_IMAGE_BYTES
             ),
+            policy=self.policy,
         )
         self.embeddings = EmbeddingService(
             self.backend,
@@ -120,6 +135,7 @@ class Runtime:
             embedding_model=settings.EMBEDDING_MODEL,
             resolve=self.models.resolve,
             metrics=self.metrics,
+            policy=self.policy,
         )
         stack.push_async_callback(self.models.aclose)
         self.keys = KeyService(self.sessions, settings.ACTIVE_MODEL_REFRESH_S)

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     EMBEDDING_MODEL: str | None = None
     ALLOW_IMAGE_URLS: bool = False
     MAX_IMAGE_BYTES: int = Field(20_000_000, ge=1)
+    POLICY_FAIL_MODE: Literal["open", "closed"] = "open"
+    POLICY_LEASE_S: float = Field(30.0, ge=1)
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -75,12 +75,15 @@ def face_of(path: str) -> Face:
 
 
 def error_headers(error: errors.LlmserveError) -> dict[str, str]:
-    """``WWW-Authenticate`` on a 401, ``Retry-After`` when the error says when to retry."""
+    """``WWW-Authenticate`` on a 401, ``Retry-After`` when the error says when to retry, and
+    the ``x-ratelimit-*`` headers of a key's limit."""
     headers = {}
     if isinstance(error, errors.AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="llmserve"'
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, errors.RateLimitedError):
+        headers.update(error.headers)
     return headers
 
 

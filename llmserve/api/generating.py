@@ -15,15 +15,16 @@ from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.domain import GenerationRequest
 from llmserve.runtime import Runtime
 from llmserve.services.generation import Generation
+from llmserve.services.keys import Principal
 
 
 def runtime_in(scope: Scope) -> Runtime:
     return scope["app"].state.runtime
 
 
-def key_id_in(scope: Scope) -> int | None:
-    principal = scope.get("state", {}).get("principal")
-    return principal.key_id if principal is not None else None
+def key_in(scope: Scope) -> Principal | None:
+    """The request's API key (None when AUTH_REQUIRED=false): whose limits apply."""
+    return scope.get("state", {}).get("principal")  # type: ignore[no-any-return]
 
 
 async def run_generation(
@@ -40,7 +41,7 @@ async def run_generation(
     (None: the active model). Errors before the first byte raise ``LlmserveError``."""
     runtime = runtime_in(scope)
     work = runtime.generation.generate(
-        request, route=route, model=model, api_key_id=key_id_in(scope), whole=not stream
+        request, route=route, model=model, key=key_in(scope), whole=not stream
     )
     try:
         return await cancel_on_disconnect(receive, work)

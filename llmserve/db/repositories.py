@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Row, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from llmserve.db.tables import ApiKeyRecord, AuditRecord, RequestLogRecord, SettingRecord, utcnow
+from llmserve.db.tables import (
+    ApiKeyRecord,
+    AuditRecord,
+    KeyLeaseRecord,
+    KeyUsageRecord,
+    RequestLogRecord,
+    SettingRecord,
+    utcnow,
+)
 
 ACTIVE_MODEL_KEY = "active_model"
 
@@ -127,11 +135,15 @@ def api_key_rows(connection: Connection) -> list[Row[Any]]:
     return list(connection.execute(select(table).order_by(table.c.id)))
 
 
-def api_keys_fingerprint_query() -> Select[tuple[int, int, int]]:
-    """Changes whenever a key is created, deleted or revoked: (count, highest id, revoked)."""
+def api_keys_fingerprint_query() -> Select[tuple[int, int, int, int]]:
+    """Changes whenever a key is created, deleted, revoked or its policy changes: (count,
+    highest id, revoked, policy versions)."""
     table = ApiKeyRecord.__table__
     return select(
-        func.count(), func.coalesce(func.max(table.c.id), 0), func.count(table.c.revoked_at)
+        func.count(),
+        func.coalesce(func.max(table.c.id), 0),
+        func.count(table.c.revoked_at),
+        func.coalesce(func.sum(table.c.policy_version), 0),
     )
 
 
@@ -265,3 +277,35 @@ def delete_request_logs_before(session: Session, cutoff: datetime) -> int:
     statement = delete(RequestLogRecord).where(RequestLogRecord.created_at < cutoff)
     result = session.execute(statement.execution_options(synchronize_session=False))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# -- Key policy: what each key has used of its limits now (``keys list``, ``stats --by key``) ----
+
+
+def key_usage_in_span(
+    session: Session, key_ids: Collection[int], span: str, starts_at: datetime
+) -> dict[int, tuple[int, int]]:
+    """``(requests, tokens)`` of each key in the calendar ``span`` (``minute``, ``day``, ``week``,
+    ``month``) that starts at ``starts_at``; keys without a row are absent. Primary-key lookups
+    (``key_id, span, starts_at``), never a scan of the table."""
+    if not key_ids:
+        return {}
+    usage = KeyUsageRecord
+    query = select(usage.key_id, usage.requests, usage.tokens).where(
+        usage.key_id.in_(sorted(key_ids)), usage.span == span, usage.starts_at == starts_at
+    )
+    return {key_id: (requests, tokens) for key_id, requests, tokens in session.execute(query)}
+
+
+def running_leases(session: Session, key_ids: Collection[int], now: datetime) -> dict[int, int]:
+    """How many unexpired concurrency leases each key holds (keys without any are absent);
+    served by the index on ``key_leases.key_id``."""
+    if not key_ids:
+        return {}
+    lease = KeyLeaseRecord
+    query = (
+        select(lease.key_id, func.count())
+        .where(lease.key_id.in_(sorted(key_ids)), lease.expires_at >= now)
+        .group_by(lease.key_id)
+    )
+    return {key_id: int(count) for key_id, count in session.execute(query)}

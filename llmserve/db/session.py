@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -85,6 +88,9 @@ class HeldConnection:
             try:
                 cursor.execute(sql)
                 return cursor.fetchone()  # type: ignore[no-any-return]
+            except (psycopg.Error, sqlite3.Error) as exc:
+                # The driver's own error, as SQLAlchemy's: callers catch SQLAlchemyError.
+                raise OperationalError(sql, None, exc) from exc
             finally:
                 cursor.close()
 

@@ -85,3 +85,38 @@ class ApiKeyRecord(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The key's policy (``services/policy.py``); None: no limit.
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    budget_period: Mapped[str | None] = mapped_column(String(8))
+    #: Comma-separated model names or globs (``llama3*``); None or empty: every model.
+    allowed_models: Mapped[str | None] = mapped_column(Text)
+    #: Bumped by every change of the policy, so that servers see it (their key fingerprint).
+    policy_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class KeyUsageRecord(Base):
+    """What a key used in one calendar span: a minute (``minute``, for rpm and tpm) or its
+    budget period (``day``, ``week``, ``month``). One upsert per request; never scanned."""
+
+    __tablename__ = "key_usage"
+
+    key_id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    span: Mapped[str] = mapped_column(String(8), primary_key=True)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class KeyLeaseRecord(Base):
+    """One generation running under a key with a concurrency limit. It expires unless its
+    server renews it, so a crashed server's generations stop counting by themselves."""
+
+    __tablename__ = "key_leases"
+    __table_args__ = (Index("ix_key_leases_key_id", "key_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[int] = mapped_column(BigIntId)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

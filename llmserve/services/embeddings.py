@@ -27,6 +27,8 @@ from llmserve.services.request_log import RequestLogRow, RequestLogWriter
 
 if TYPE_CHECKING:
     from llmserve.metrics import Metrics
+    from llmserve.services.keys import Principal
+    from llmserve.services.policy import PolicyService
 
 MAX_INPUTS = 2048  # OpenAI's own limit on the number of inputs in one request
 
@@ -49,8 +51,10 @@ class EmbeddingService:
         embedding_model: str | None = None,
         resolve: Callable[[str], Awaitable[str]] | None = None,
         metrics: Metrics | None = None,
+        policy: PolicyService | None = None,
     ) -> None:
         self._backend = backend
+        self._policy = policy
         self._active_model = active_model
         self._request_log = request_log
         self._admission = admission
@@ -78,10 +82,11 @@ class EmbeddingService:
         route: str,
         model: str | None = None,
         dimensions: int | None = None,
-        api_key_id: int | None = None,
+        key: Principal | None = None,
         ollama: dict[str, Any] | None = None,
     ) -> EmbeddingAnswer:
-        """One vector per input, in order. ``ollama``: see ``Backend.embed``."""
+        """One vector per input, in order, under the API ``key``'s policy. ``ollama``: see
+        ``Backend.embed``."""
         self.check(inputs, dimensions)
         if model is None:
             model = self.default_model
@@ -90,7 +95,10 @@ class EmbeddingService:
         started = time.perf_counter()
         status, error, code, tokens = "ok", None, None, None
         acquired = False
+        ticket = None
         try:
+            if self._policy is not None:
+                ticket = await self._policy.admit(key, model)
             await self._admission.acquire()
             acquired = True
             result = await self._backend.embed(model, inputs, dimensions=dimensions, ollama=ollama)
@@ -117,8 +125,10 @@ class EmbeddingService:
                 prompt_tokens=tokens,
                 error=error,
                 request_id=current_request_id(),
-                api_key_id=api_key_id,
+                api_key_id=key.key_id if key is not None else None,
             )
             self._request_log.record(row)
+            if self._policy is not None:
+                self._policy.settle(ticket, tokens or 0)
             if self._metrics is not None:
                 self._metrics.generation_ended(row, code)

@@ -29,6 +29,8 @@ from llmserve.services.request_log import RequestLogRow, RequestLogWriter
 
 if TYPE_CHECKING:
     from llmserve.metrics import Metrics
+    from llmserve.services.keys import Principal
+    from llmserve.services.policy import PolicyService, Ticket
 
 
 class GenerationService:
@@ -44,8 +46,10 @@ class GenerationService:
         metrics: Metrics | None = None,
         resolve: Callable[[str], Awaitable[str]] | None = None,
         images: ImageFetcher | None = None,
+        policy: PolicyService | None = None,
     ) -> None:
         self._backend = backend
+        self._policy = policy
         self._resolve = resolve
         self._images = images
         self._metrics = metrics
@@ -81,13 +85,14 @@ class GenerationService:
         *,
         route: str,
         model: str | None = None,
-        api_key_id: int | None = None,
+        key: Principal | None = None,
         request_id: str | None = None,
         whole: bool = False,
     ) -> Generation:
         """The one entry point: open a generation on ``model`` (a name the client gave, resolved
-        by the model service's rules; the active model when None). With ``whole`` the answer is
-        read to its end (and the generation closed) before this returns."""
+        by the model service's rules; the active model when None) under the API ``key``'s
+        policy (its limits and models). With ``whole`` the answer is read to its end (and the
+        generation closed) before this returns."""
         self.check(request)
         if self._images is not None:
             request = await self._images.resolve(request)
@@ -100,12 +105,12 @@ class GenerationService:
             model=model,
             route=route,
             request_id=request_id or current_request_id(),
-            api_key_id=api_key_id,
+            api_key_id=key.key_id if key is not None else None,
             request_log=self._request_log,
             log_prompts=self._log_prompts,
             metrics=self._metrics,
         )
-        await generation.open(self._backend, self.admission)
+        await generation.open(self._backend, self.admission, self._policy, key)
         if whole:
             await generation.read_all()
         return generation
@@ -147,6 +152,8 @@ class Generation:
         metrics: Metrics | None = None,
     ) -> None:
         self.request = request
+        self._policy: PolicyService | None = None
+        self._ticket: Ticket | None = None
         self._metrics = metrics
         self._error_code: str | None = None
         self.model = model
@@ -168,8 +175,19 @@ class Generation:
         self._error: str | None = None
         self._closed = False
 
-    async def open(self, backend: Backend, admission: Admission) -> None:
+    async def open(
+        self,
+        backend: Backend,
+        admission: Admission,
+        policy: PolicyService | None = None,
+        key: Principal | None = None,
+    ) -> None:
+        """Admit it (the key's policy, then admission control) and start it upstream; every
+        refusal is logged (``rejected``) and raised."""
         try:
+            if policy is not None:
+                self._ticket = await policy.admit(key, self.model)
+                self._policy = policy
             await admission.acquire()
         except BaseException as exc:
             self._fail(exc)
@@ -290,6 +308,8 @@ class Generation:
             response_format=_format_kind(self.request),
         )
         self._request_log.record(row)
+        if self._policy is not None:  # the key pays for what was produced, cancelled or not
+            self._policy.settle(self._ticket, (row.prompt_tokens or 0) + row.completion_tokens)
         if self._metrics is not None:
             self._metrics.generation_ended(row, self._error_code)
 

@@ -21,7 +21,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from llmserve import errors
 from llmserve.db import repositories
 from llmserve.db.session import HeldConnection, compiled
 from llmserve.db.tables import ApiKeyRecord
+from llmserve.services.policy import KeyPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,12 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request acts as."""
+    """Who a request acts as, and the key's limits (None: none)."""
 
     key_id: int
     name: str
     admin: bool
+    policy: KeyPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class KeyService:
         engine = sessions.kw["bind"]
         self._poll = HeldConnection(engine)
         self._fingerprint_sql = compiled(engine, repositories.api_keys_fingerprint_query())
-        self._fingerprint: tuple[int, int, int] | None = None
+        self._fingerprint: tuple[int, ...] | None = None
         self._by_prefix: dict[str, _CachedKey] = {}
         self._used: dict[int, datetime] = {}
         self._used_written = time.monotonic()
@@ -97,7 +99,13 @@ class KeyService:
     # -- management (CLI) -------------------------------------------------------------------
 
     def create(
-        self, name: str, *, admin: bool = False, expires_in: timedelta | None = None, actor: str
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        expires_in: timedelta | None = None,
+        policy: KeyPolicy | None = None,
+        actor: str,
     ) -> tuple[str, ApiKeyRecord]:
         """Create a key; return the plain key (shown once) and its record."""
         if not _NAME.match(name):
@@ -114,7 +122,9 @@ class KeyService:
             is_admin=admin,
             created_at=datetime.now(UTC),
             expires_at=datetime.now(UTC) + expires_in if expires_in else None,
+            policy_version=0,
         )
+        _store_policy(record, policy or KeyPolicy())
         try:
             with self._sessions.begin() as session:
                 if repositories.api_key_named(session, name) is not None:
@@ -126,11 +136,33 @@ class KeyService:
                     action="key_create",
                     target=name,
                     outcome="ok",
-                    detail=f"prefix {record.prefix}, {'admin' if admin else 'plain'}",
+                    detail=f"prefix {record.prefix}, {_describe(record)}",
                 )
         except IntegrityError:
             raise errors.InvalidRequestError(f"a key named {name!r} exists already") from None
         return key, record
+
+    def update(self, name_or_prefix: str, *, changes: dict[str, Any], actor: str) -> ApiKeyRecord:
+        """Change a key's limits or scope: ``changes`` maps ``KeyPolicy`` fields (and
+        ``admin``) to new values; None removes a limit. Servers follow within a refresh."""
+        with self._sessions.begin() as session:
+            record = repositories.api_key_by_name_or_prefix(session, name_or_prefix)
+            if record is None:
+                raise errors.InvalidRequestError(f"no key named or prefixed {name_or_prefix!r}")
+            if "admin" in changes:
+                record.is_admin = bool(changes.pop("admin"))
+            current = policy_of(record) or KeyPolicy()
+            _store_policy(record, replace(current, **changes))
+            record.policy_version = (record.policy_version or 0) + 1
+            repositories.insert_audit(
+                session,
+                actor=actor,
+                action="key_update",
+                target=record.name,
+                outcome="ok",
+                detail=_describe(record),
+            )
+            return record
 
     def list(self) -> list[ApiKeyRecord]:
         with self._sessions() as session:
@@ -250,12 +282,49 @@ class KeyService:
 def _cached(record: ApiKeyRecord | Any) -> _CachedKey:
     """From an ORM record or a plain row of the same table."""
     return _CachedKey(
-        principal=Principal(record.id, record.name, record.is_admin),
+        principal=Principal(record.id, record.name, record.is_admin, policy_of(record)),
         salt=bytes.fromhex(record.salt),
         key_hash=bytes.fromhex(record.key_hash),
         expires_at=_aware(record.expires_at),
         revoked=record.revoked_at is not None,
     )
+
+
+def policy_of(record: ApiKeyRecord | Any) -> KeyPolicy | None:
+    """The key's policy from its record or row; None when it has neither limits nor models."""
+    models = tuple(m for m in (record.allowed_models or "").split(",") if m)
+    policy = KeyPolicy(
+        rpm=record.rpm,
+        tpm=record.tpm,
+        concurrency=record.concurrency,
+        budget=record.budget_tokens,
+        budget_period=record.budget_period if record.budget_tokens is not None else None,
+        models=models,
+    )
+    return policy if policy.counted or policy.models else None
+
+
+def _describe(record: ApiKeyRecord) -> str:
+    """``admin, rpm 10, models llama3*`` (for audit rows)."""
+    scope = "admin" if record.is_admin else "plain"
+    return f"{scope}, {(policy_of(record) or KeyPolicy()).describe()}"
+
+
+#: The largest value each limit's column holds (32-bit, or 64-bit for the budget).
+_LIMIT_MAX = {"rpm": 2**31 - 1, "tpm": 2**31 - 1, "concurrency": 2**31 - 1, "budget": 2**63 - 1}
+
+
+def _store_policy(record: ApiKeyRecord, policy: KeyPolicy) -> None:
+    for name, most in _LIMIT_MAX.items():
+        value = getattr(policy, name)
+        if value is not None and value < 1:
+            raise errors.InvalidRequestError(f"--{name} must be at least 1")
+        if value is not None and value > most:
+            raise errors.InvalidRequestError(f"--{name}: at most {most}")
+    record.rpm, record.tpm, record.concurrency = policy.rpm, policy.tpm, policy.concurrency
+    record.budget_tokens = policy.budget
+    record.budget_period = policy.budget_period if policy.budget is not None else None
+    record.allowed_models = ",".join(policy.models) or None
 
 
 def _aware(value: datetime | None) -> datetime | None:

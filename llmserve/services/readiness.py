@@ -26,6 +26,8 @@ def _database_checks(runtime: Runtime) -> tuple[str, str]:
 async def check_readiness(runtime: Runtime, timeout_s: float = 5.0) -> dict[str, str]:
     database, schema = await asyncio.to_thread(_database_checks, runtime)
     checks = {"database": database, "schema": schema, "backend": "ok", "model": "ok"}
+    if runtime.policy is not None:
+        checks["policy"] = runtime.policy.check(database_up=database == "ok")
     try:
         async with asyncio.timeout(timeout_s):
             models = await runtime.backend.list_models()

@@ -1,16 +1,23 @@
-"""Reading the request log: the latest rows, usage statistics, and retention.
+"""Reading the request log: the latest rows, usage statistics, and retention; and what each
+API key has used of its limits now.
 
 ``llmserve logs`` and ``llmserve stats`` call :class:`UsageService`; the server prunes once an
 hour with :func:`prune_request_log` and :func:`retention_period`. Windows are relative to now
 (UTC). Latency percentiles are taken over ``ok`` rows only: a rejected request's 0 ms or a
 cancelled stream's cut-short duration says nothing about how fast generations are; failures
 show in the error, cancelled and rejected counts instead.
+
+A key's usage against its limits (``keys list``, ``stats --by key``) is read from the counters
+the key policy keeps (``services/policy.py``), not from the request log: the current calendar
+minute's requests and tokens, the live concurrency leases and the tokens of the budget's current
+day, week or month (UTC). Only the counters a key's limits need exist, so a figure without its
+limit is None.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, cast
@@ -19,7 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors
 from llmserve.db import repositories
-from llmserve.db.tables import RequestLogRecord
+from llmserve.db.tables import ApiKeyRecord, RequestLogRecord
+from llmserve.services.keys import policy_of
+from llmserve.services.policy import PERIODS, KeyPolicy, span_end, span_start
 
 if TYPE_CHECKING:
     from llmserve.settings import Settings
@@ -74,6 +83,35 @@ class UsageStats:
         return self.errors / self.requests if self.requests else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """One key's limits and what it has used of each now; a usage figure is None when the key
+    has no such limit (nothing counts it)."""
+
+    key_id: int
+    name: str
+    policy: KeyPolicy  # KeyPolicy(): no limits, every model
+    requests_this_minute: int | None  # against policy.rpm
+    tokens_this_minute: int | None  # against policy.tpm
+    running: int | None  # against policy.concurrency
+    tokens_this_period: int | None  # against policy.budget, per policy.budget_period
+    minute_resets_at: datetime
+    period_resets_at: datetime | None
+
+    @property
+    def limited(self) -> bool:
+        return self.policy != KeyPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """A key's request-log figures over a window, and its limits now (None: requests without a
+    key)."""
+
+    usage: UsageStats
+    limits: KeyLimits | None
+
+
 class UsageService:
     def __init__(
         self,
@@ -115,6 +153,54 @@ class UsageService:
         found = [UsageStats(**row) for row in rows]
         return sorted(found, key=lambda s: (-s.requests, s.group or ""))
 
+    def stats_by_key(self, *, since: timedelta) -> list[KeyStats]:
+        """:meth:`stats` per key, each with its limits and their usage now; keys with limits
+        (and not revoked) but no request in the window follow, with zero requests."""
+        groups = self.stats(since=since, by="key")
+        with self._sessions() as session:
+            records = repositories.all_api_keys(session)
+        limits = {found.key_id: found for found in self.key_limits(records)}
+        listed = {group.api_key_id for group in groups}
+        idle = [
+            _no_requests(limits[record.id])
+            for record in sorted(records, key=lambda r: r.name)
+            if record.id not in listed and record.revoked_at is None and limits[record.id].limited
+        ]
+        found = [
+            KeyStats(group, limits.get(group.api_key_id) if group.api_key_id is not None else None)
+            for group in groups
+        ]
+        return found + idle
+
+    def key_limits(self, records: Iterable[ApiKeyRecord] | None = None) -> list[KeyLimits]:
+        """Each key's limits (every key, or ``records``) and what it has used of them now, in
+        a few primary-key lookups: one for the minute, one per budget period in use, one for
+        the leases."""
+        now = self._now()
+        minute = span_start("minute", now)
+        with self._sessions() as session:
+            keys = list(records) if records is not None else repositories.all_api_keys(session)
+            policies = {key.id: policy_of(key) or KeyPolicy() for key in keys}
+            per_minute = repositories.key_usage_in_span(
+                session,
+                [i for i, p in policies.items() if p.rpm is not None or p.tpm is not None],
+                "minute",
+                minute,
+            )
+            per_period: dict[int, int] = {}
+            for period in PERIODS:
+                ids = [i for i, p in policies.items() if _budget_period(p) == period]
+                found = repositories.key_usage_in_span(
+                    session, ids, period, span_start(period, now)
+                )
+                per_period.update({key_id: tokens for key_id, (_, tokens) in found.items()})
+            running = repositories.running_leases(
+                session, [i for i, p in policies.items() if p.concurrency is not None], now
+            )
+        return [
+            _limits(key, policies[key.id], now, per_minute, per_period, running) for key in keys
+        ]
+
     def count_older_than(self, older_than: timedelta) -> int:
         with self._sessions() as session:
             return repositories.count_request_logs_before(session, self._cutoff(older_than))
@@ -142,6 +228,51 @@ def retention_period(settings: Settings) -> timedelta | None:
 def prune_request_log(sessions: sessionmaker[Session], older_than: timedelta) -> int:
     """Delete request-log rows older than ``older_than`` (for the server's hourly prune)."""
     return UsageService(sessions).prune(older_than)
+
+
+def _budget_period(policy: KeyPolicy) -> str | None:
+    return policy.budget_period if policy.budget is not None else None
+
+
+def _limits(
+    key: ApiKeyRecord,
+    policy: KeyPolicy,
+    now: datetime,
+    per_minute: dict[int, tuple[int, int]],
+    per_period: dict[int, int],
+    running: dict[int, int],
+) -> KeyLimits:
+    requests, tokens = per_minute.get(key.id, (0, 0))
+    period = _budget_period(policy)
+    return KeyLimits(
+        key_id=key.id,
+        name=key.name,
+        policy=policy,
+        requests_this_minute=requests if policy.rpm is not None else None,
+        tokens_this_minute=tokens if policy.tpm is not None else None,
+        running=running.get(key.id, 0) if policy.concurrency is not None else None,
+        tokens_this_period=per_period.get(key.id, 0) if period is not None else None,
+        minute_resets_at=span_end("minute", span_start("minute", now)),
+        period_resets_at=span_end(period, span_start(period, now)) if period else None,
+    )
+
+
+def _no_requests(limits: KeyLimits) -> KeyStats:
+    usage = UsageStats(
+        group=limits.name,
+        requests=0,
+        errors=0,
+        cancelled=0,
+        rejected=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        ttft_p50=None,
+        ttft_p95=None,
+        duration_p50=None,
+        duration_p95=None,
+        api_key_id=limits.key_id,
+    )
+    return KeyStats(usage, limits)
 
 
 def _entry(record: RequestLogRecord, key: str | None) -> LogEntry:

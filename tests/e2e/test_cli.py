@@ -30,7 +30,7 @@ COMMANDS = [
     ["models"],
     *(["models", sub] for sub in ("list", "active", "switch", "delete", "pull")),
     ["keys"],
-    *(["keys", sub] for sub in ("create", "list", "revoke")),
+    *(["keys", sub] for sub in ("create", "update", "list", "revoke")),
     ["logs"],
     ["logs", "prune"],
     ["stats"],

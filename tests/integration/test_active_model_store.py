@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from llmserve.db import migrate, repositories
 from llmserve.db.session import HeldConnection, compiled, make_engine, make_sessions
@@ -40,7 +41,8 @@ def test_the_polls_driver_level_reads_follow_writes_on_both_databases(
     dialect: str, db_url: str, tmp_path: Path
 ) -> None:
     """The background polls' statements, compiled once and run on the driver's cursor, read what
-    the ORM writes: the active model, and a key fingerprint that changes on create and revoke."""
+    the ORM writes: the active model, and a key fingerprint that changes on create, revoke and
+    a change of the key's limits."""
     url = db_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'poll.db'}"
     if dialect == "sqlite":
         migrate.upgrade(url)
@@ -51,15 +53,34 @@ def test_the_polls_driver_level_reads_follow_writes_on_both_databases(
     fingerprint = compiled(engine, repositories.api_keys_fingerprint_query())
     try:
         assert held.first_row(setting) is None
-        assert tuple(held.first_row(fingerprint) or ()) == (0, 0, 0)
+        assert tuple(held.first_row(fingerprint) or ()) == (0, 0, 0, 0)
         with sessions.begin() as session:
             repositories.set_setting(session, repositories.ACTIVE_MODEL_KEY, "qwen2.5:0.5b")
         assert held.first_row(setting) == ("qwen2.5:0.5b",)
         keys = KeyService(sessions)
         _, record = keys.create("poller", actor="test")
-        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 0)
+        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 0, 0)
+        keys.update("poller", changes={"rpm": 5}, actor="test")
+        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 0, 1)
         keys.revoke("poller", actor="test")
-        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 1)
+        assert tuple(held.first_row(fingerprint) or ()) == (1, record.id, 1, 1)
+    finally:
+        held.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_driver_error_in_a_poll_is_sqlalchemys(dialect: str, db_url: str, tmp_path: Path) -> None:
+    """The polls' callers (the key and active-model followers) catch SQLAlchemy's errors: a
+    statement run on the driver's own cursor must fail as one of them, not as the driver's (a
+    key follower that died on psycopg's error stopped following revocations for good)."""
+    url = db_url if dialect == "postgresql" else f"sqlite:///{tmp_path / 'poll.db'}"
+    engine = make_engine(url)
+    held = HeldConnection(engine)
+    try:
+        with pytest.raises(SQLAlchemyError):
+            held.first_row("SELECT no_such_column FROM no_such_table")
+        assert held.first_row("SELECT 1") == (1,)  # a new connection after the failure
     finally:
         held.close()
         engine.dispose()

@@ -44,11 +44,14 @@ EXPECTED: dict[type[errors.LlmserveError], tuple[str, int, int]] = {
     errors.MethodNotAllowedError: ("method_not_allowed", 405, 2),
     errors.AuthenticationError: ("unauthorized", 401, 11),
     errors.PermissionDeniedError: ("forbidden", 403, 12),
+    errors.ModelNotAllowedError: ("model_not_allowed", 403, 12),
     errors.ModelNotFoundError: ("model_not_found", 404, 3),
     errors.ModelProtectedError: ("model_protected", 403, 4),
     errors.ModelInUseError: ("model_in_use", 409, 4),
     errors.NotSupportedError: ("not_supported", 501, 5),
     errors.OverloadedError: ("overloaded", 429, 6),
+    errors.RateLimitedError: ("rate_limited", 429, 6),
+    errors.PolicyUnavailableError: ("policy_unavailable", 503, 7),
     errors.DatabaseUnavailableError: ("database_unavailable", 503, 7),
     errors.ShuttingDownError: ("shutting_down", 503, 9),
     errors.BackendError: ("backend_error", 502, 8),
@@ -94,9 +97,14 @@ def test_openai_type_follows_the_status(error_type: type[errors.LlmserveError]) 
     assert error_type.openai_type == OPENAI_TYPES.get(error_type.status, "api_error")
 
 
-def test_log_status_overload_is_rejected_a_timeout_is_timeout_the_rest_error() -> None:
+def test_log_status_refusals_are_rejected_a_timeout_is_timeout_the_rest_error() -> None:
     special = {t: t.log_status for t in ALL if t.log_status != "error"}
-    assert special == {errors.OverloadedError: "rejected", errors.BackendTimeoutError: "timeout"}
+    assert special == {
+        errors.OverloadedError: "rejected",
+        errors.RateLimitedError: "rejected",
+        errors.ModelNotAllowedError: "rejected",
+        errors.BackendTimeoutError: "timeout",
+    }
 
 
 def test_401_is_invalid_api_key_in_openais_envelope() -> None:
@@ -174,7 +182,7 @@ def test_cli_exit_code(error_type: type[errors.LlmserveError]) -> None:
 
 
 @by_name
-@pytest.mark.parametrize("path", ["/api/v1/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/api/v1/generate", "/v1/chat/completions", "/api/chat"])
 def test_raw_asgi_error(error_type: type[errors.LlmserveError], path: str) -> None:
     error = error_type("something failed")
     sent: list[dict[str, Any]] = []
@@ -193,6 +201,8 @@ def test_raw_asgi_error(error_type: type[errors.LlmserveError], path: str) -> No
     if error.retry_after is not None:
         assert headers[b"retry-after"] == str(error.retry_after).encode()
     expected = openai_wire.error_body(error) if path.startswith("/v1/") else error_body(error)
+    if path == "/api/chat":  # Ollama's own path: its one-key envelope
+        expected = {"error": "something failed"}
     assert json.loads(body["body"]) == expected
 
 
@@ -280,3 +290,19 @@ def test_the_hand_written_body_check_finds_one() -> None:
     assert _hand_written_codes('payload = {"detail": d, "code": "x"}') == [1]
     assert _hand_written_codes("""BODY = b'{"detail":"x","code":"y"}'""") == [1]
     assert _hand_written_codes('def f():\n    """Sends ``{"code": ...}``."""') == []
+
+
+def test_a_rate_limit_carries_retry_after_and_openais_headers() -> None:
+    from llmserve.api.errors import error_headers
+
+    error = errors.RateLimitedError(
+        "over",
+        reason="rpm",
+        retry_after=17,
+        headers={"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0"},
+    )
+    assert error_headers(error) == {
+        "Retry-After": "17",
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "0",
+    }

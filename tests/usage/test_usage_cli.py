@@ -126,6 +126,7 @@ def test_stats(
         "ttft_p95_ms": 195.0,
         "duration_p50_ms": 1500.0,
         "duration_p95_ms": 1950.0,
+        "limits": {"rpm": None, "tpm": None, "concurrency": None, "budget": None, "models": None},
     }
     assert (found["bob"]["errors"], found["bob"]["error_rate"]) == (1, 0.5)
     month = json_lines(cli(["stats", "--since", "30d", "--json"], subprocess_env, tmp_path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from llmserve.api.deps import runtime_of
-from llmserve.api.generating import key_id_in, run_generation
+from llmserve.api.generating import key_in, run_generation
 from llmserve.api.routes.generate import generation_responses, whole_answer
 from llmserve.api.schemas import (
     ChatRequest,
@@ -64,7 +64,7 @@ async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
     """Embedding vectors for a text or a list of texts (`EMBEDDING_MODEL`, else the active
     model)."""
     answer = await runtime_of(request).embeddings.embed(
-        body.inputs, route=EMBED_ROUTE, api_key_id=key_id_in(request.scope)
+        body.inputs, route=EMBED_ROUTE, key=key_in(request.scope)
     )
     return EmbedResponse(
         embeddings=answer.embeddings.vectors,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request, Response
 
 from llmserve import errors
-from llmserve.api.auth import AdminOnly
+from llmserve.api.auth import AdminOnly, PrincipalDep
 from llmserve.api.deps import ActorDep, ModelsDep
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
 from llmserve.api.schemas import (
@@ -21,6 +21,7 @@ from llmserve.api.schemas import (
 )
 from llmserve.api.sse import EventStream, data_event, error_event
 from llmserve.domain import PullProgress
+from llmserve.services.policy import visible_to
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 
@@ -30,9 +31,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
 
 
 @router.get("", response_model=ModelListResponse, responses=_errors(502, 503))
-async def list_models(models: ModelsDep) -> ModelListResponse:
-    """Installed models, with the active and the built-in one marked."""
-    entries = await models.list()
+async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelListResponse:
+    """Installed models (those the API key may use), with the active and the built-in one
+    marked."""
+    entries = [e for e in await models.list() if visible_to(key, e.info.name)]
     return ModelListResponse(
         models=[
             ModelItem(

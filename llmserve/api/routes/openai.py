@@ -17,8 +17,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from llmserve import errors
+from llmserve.api.auth import PrincipalDep
 from llmserve.api.deps import ModelsDep, runtime_of
-from llmserve.api.generating import key_id_in, run_generation
+from llmserve.api.generating import key_in, run_generation
 from llmserve.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -47,6 +48,7 @@ from llmserve.api.sse import EventStream
 from llmserve.domain import GenerationRequest, ModelInfo
 from llmserve.services.generation import Generation
 from llmserve.services.models import find_installed
+from llmserve.services.policy import visible_to
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
@@ -68,18 +70,19 @@ def _model_object(info: ModelInfo) -> ModelObject:
 
 
 @router.get("/models", response_model=ModelList, responses=_errors(401, 502, 503))
-async def list_models(models: ModelsDep) -> ModelList:
-    """Installed models."""
-    return ModelList(data=[_model_object(entry.info) for entry in await models.list()])
+async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelList:
+    """Installed models (those the API key may use)."""
+    entries = await models.list()
+    return ModelList(data=[_model_object(e.info) for e in entries if visible_to(key, e.info.name)])
 
 
 @router.get(
     "/models/{model:path}", response_model=ModelObject, responses=_errors(401, 404, 502, 503)
 )
-async def retrieve_model(model: str, models: ModelsDep) -> ModelObject:
+async def retrieve_model(model: str, models: ModelsDep, key: PrincipalDep) -> ModelObject:
     """One installed model (`llama3.2` finds `llama3.2:latest`)."""
     found = find_installed(model, [entry.info for entry in await models.list()])
-    if found is None:
+    if found is None or not visible_to(key, found.name):
         raise errors.ModelNotFoundError(f"model '{model}' is not installed")
     return _model_object(found)
 
@@ -155,7 +158,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
         route=EMBEDDINGS,
         model=body.model,
         dimensions=body.dimensions,
-        api_key_id=key_id_in(request.scope),
+        key=key_in(request.scope),
     )
     vectors = answer.embeddings.vectors
     data = [
