@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Ollama with one model baked in. Build from the repository root, or with
 # `llmserve bake-image` / `make bake-image`:
 #   docker build -f docker/ollama.Dockerfile --build-arg BUILT_IN_OLLAMA_MODEL=llama3.2:1b \

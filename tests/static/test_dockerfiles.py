@@ -19,7 +19,33 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 
 @pytest.fixture(scope="module")
 def api_stages() -> list[list[tuple[str, str]]]:
-    return stages(dockerfile_instructions(API))
+    """The default image's stages, the last one being the default image as a whole: its own
+    instructions after those of the stage it is built ``FROM``."""
+    all_stages = stages(dockerfile_instructions(API))
+    return [*all_stages[:-1], _flattened(all_stages, all_stages[-1])]
+
+
+@pytest.fixture(scope="module")
+def cpu_image() -> list[tuple[str, str]]:
+    """The ``cpu`` target's instructions, with those of the stages it is built ``FROM``."""
+    all_stages = stages(dockerfile_instructions(API))
+    (cpu,) = [stage for stage in all_stages if _stage_name(stage) == "cpu"]
+    return _flattened(all_stages, cpu)
+
+
+def _stage_name(stage: list[tuple[str, str]]) -> str | None:
+    words = stage[0][1].split()
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+
+
+def _flattened(
+    all_stages: list[list[tuple[str, str]]], stage: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    base = stage[0][1].split()[0]
+    parents = [other for other in all_stages if _stage_name(other) == base]
+    if not parents:
+        return stage
+    return [*_flattened(all_stages, parents[0]), *stage[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +77,74 @@ def test_api_runs_as_a_numeric_non_root_user(api_stages):
     assert uid.isdigit() and int(uid) != 0, users[-1]
 
 
-def test_api_healthcheck_probes_health_without_curl(api_stages):
+def test_api_healthcheck_probes_the_port_serve_was_given_without_curl(api_stages):
     (healthcheck,) = _args(api_stages[-1], "HEALTHCHECK")
-    assert "/health" in healthcheck
-    assert "urllib" in healthcheck
-    assert "curl" not in healthcheck
+    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["python", "/app/docker/healthcheck.py"]
+    copies = " ".join(_args(api_stages[-1], "COPY"))
+    assert "docker/healthcheck.py" in copies
+    probe = (ROOT / "docker" / "healthcheck.py").read_text(encoding="utf-8")
+    assert "/health" in probe and "urllib" in probe and "curl" not in probe
+
+
+def test_no_parser_directive_asks_for_a_frontend_image():
+    # `# syntax=...` makes BuildKit pull a frontend image: a host without internet cannot build.
+    for dockerfile in (API, OLLAMA):
+        first = dockerfile.read_text(encoding="utf-8").splitlines()[:5]
+        assert not any(re.match(r"#\s*(syntax|escape|check)\s*=", line) for line in first)
+
+
+def test_api_build_takes_a_private_index_and_ca_in_the_builders_only():
+    text = API.read_text(encoding="utf-8")
+    for argument in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_FIND_LINKS"):
+        assert f"ARG {argument}" in text or f"    {argument}=" in text, argument
+    all_stages = stages(dockerfile_instructions(API))
+    for stage in all_stages:
+        runs = [arguments for keyword, arguments in stage if keyword == "RUN"]
+        for run in runs:
+            if re.search(r"(?<![\w-])pip (install|wheel)", run):
+                raise AssertionError(f"plain pip, without the build's CA: {run}")
+            if "build-pip" in run:
+                assert "--mount=type=secret,id=pip-ca" in run, run
+    for name in ("runtime-base", "cpu", "runtime"):
+        (stage,) = [s for s in all_stages if _stage_name(s) == name]
+        assert not any("PIP_" in arguments for keyword, arguments in stage if keyword == "ARG")
+
+
+def test_api_sqlite_default_lives_in_the_one_writable_folder(api_stages):
+    env = " ".join(_args(api_stages[-1], "ENV"))
+    assert "DATABASE_URL=sqlite:////data/llmserve.db" in env
+    runs = " ".join(_args(api_stages[-1], "RUN"))
+    assert "chown 10001:10001 /data" in runs
+
+
+def test_cpu_target_serves_with_the_embedded_engine_and_keeps_state_in_a_volume(cpu_image):
+    env = " ".join(_args(cpu_image, "ENV"))
+    assert "LLM_BACKEND=embedded" in env
+    assert "EMBEDDED_MODEL_PATH=/opt/llmserve/models/gemma-3-270m-q4_k_m.gguf" in env
+    assert "DATABASE_URL=sqlite:////data/llmserve.db" in env
+    assert _args(cpu_image, "VOLUME") == ['["/data"]']
+    assert _args(cpu_image, "USER")[-1] == "10001:10001"
+    assert any("cpu-builder" in copy for copy in _args(cpu_image, "COPY"))
+    # The compiler stays in the stages that build; the image itself runs no apt and no pip.
+    assert not [
+        arguments for keyword, arguments in cpu_image if keyword == "RUN" and "pip" in arguments
+    ]
+
+
+def test_cpu_builder_installs_the_embedded_extra_from_the_compiled_wheel():
+    all_stages = stages(dockerfile_instructions(API))
+    (wheel,) = [s for s in all_stages if _stage_name(s) == "llama-wheel"]
+    assert wheel[0][1] == "python:3.11 AS llama-wheel"  # the one with a compiler
+    assert any("pip wheel" in a and "llama-cpp-python" in a for k, a in wheel if k == "RUN")
+    assert any("GGML_NATIVE=OFF" in a for k, a in wheel if k == "ARG")
+    (builder,) = [s for s in all_stages if _stage_name(s) == "cpu-builder"]
+    runs = " ".join(a for k, a in builder if k == "RUN")
+    assert "--extra embedded" in runs and "--find-links /tmp/wheels" in runs
+    # OpenMP's runtime comes from the compiling stage, not from Debian: no apt anywhere.
+    assert "libgomp.so.1" in " ".join(a for k, a in wheel if k == "RUN")
+    assert 'python -c "import llama_cpp"' in runs
+    assert "apt-get" not in API.read_text(encoding="utf-8")
+    assert "built_in_model.py /opt/llmserve/models/gemma-3-270m-q4_k_m.gguf" in runs
 
 
 def test_api_ships_migrations_entrypoint_and_port(api_stages):
@@ -112,6 +201,16 @@ def test_api_image_dependencies_are_the_locked_runtime_ones(tmp_path):
         assert name in pins, f"{name} is not in poetry.lock: run poetry lock"
     # Dev tools and the embedded engine's extra stay out of the image.
     assert not any(req.startswith(("pytest", "llama-cpp-python")) for req in requirements)
+
+
+def test_cpu_image_dependencies_add_the_embedded_extra(tmp_path):
+    script = ROOT / "docker" / "lock_constraints.py"
+    command = [sys.executable, str(script), "--extra", "embedded", str(ROOT), str(tmp_path)]
+    subprocess.run(command, check=True, timeout=60)
+    requirements = (tmp_path / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = pyproject["project"]
+    assert requirements == project["dependencies"] + project["optional-dependencies"]["embedded"]
 
 
 def test_entrypoint_migrates_with_a_bounded_wait_then_execs_the_server():

@@ -6,6 +6,7 @@ its ``serve`` prints its arguments and PID, so the test can tell that the entryp
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ echo "pid=$$ args=$*"
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh")
 
 
-def _start(tmp_path: Path, ok_after: int, migrate_rc: int = 7, timeout_s: int = 60):
+def _start(tmp_path: Path, ok_after: int, migrate_rc: int = 7, timeout_s: int = 60, **extra: str):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write_executable(bin_dir / "llmserve", FAKE_LLMSERVE)
@@ -41,6 +42,7 @@ def _start(tmp_path: Path, ok_after: int, migrate_rc: int = 7, timeout_s: int = 
         "FAKE_OK_AFTER": str(ok_after),
         "FAKE_MIGRATE_RC": str(migrate_rc),
         "DB_WAIT_TIMEOUT_S": str(timeout_s),
+        **extra,
     }
     process = subprocess.Popen(
         ["sh", str(ENTRYPOINT), "--reload"],
@@ -64,11 +66,27 @@ def test_waits_for_the_database_then_execs_the_server(tmp_path):
 
 
 def test_any_other_migrate_failure_stops_at_once(tmp_path):
-    process, stdout, stderr, attempts = _start(tmp_path, ok_after=99, migrate_rc=2)
-    assert process.returncode == 2
+    process, stdout, stderr, attempts = _start(tmp_path, ok_after=99, migrate_rc=1)
+    assert process.returncode == 1
     assert attempts == 1
     assert "not starting the server" in stderr
     assert stdout == ""
+
+
+def test_a_bad_setting_stops_at_once_leaving_migrates_line_alone(tmp_path):
+    # migrate exits 2 for a bad setting, after its one line naming it: no retry, no second line.
+    process, stdout, stderr, attempts = _start(tmp_path, ok_after=99, migrate_rc=2)
+    assert process.returncode == 2
+    assert attempts == 1
+    assert stderr == stdout == ""
+
+
+def test_its_own_lines_are_json_when_json_logs_are_asked(tmp_path):
+    process, _, stderr, _ = _start(tmp_path, ok_after=2, LOG_FORMAT="json")
+    assert process.returncode == 0
+    (line,) = [json.loads(line) for line in stderr.splitlines()]
+    assert line["level"] == "WARNING" and line["logger"] == "entrypoint"
+    assert "waiting for the database" in line["message"]
 
 
 def test_the_wait_is_bounded(tmp_path):
