@@ -11,11 +11,13 @@ POETRY ?= poetry
 COMPOSE_DEV = $(DOCKER_COMPOSE) -f docker-compose.yml -f docker-compose.dev.yml
 COMPOSE_PROD = $(DOCKER_COMPOSE) -f docker-compose.yml
 
-# Options: `make bake-image MODEL=llama3.2:1b TAG=... PUSH=1`, `make logs SERVICE=api`.
+# Options: `make bake-image MODEL=llama3.2:1b TAG=... PUSH=1`, `make logs SERVICE=api`,
+# `make up-cpu HOST_BIND_IP=0.0.0.0`.
 MODEL ?=
 TAG ?=
 PUSH ?=
 SERVICE ?=
+HOST_BIND_IP ?= 127.0.0.1
 BAKE_ARGS = $(if $(MODEL),--model '$(MODEL)') $(if $(TAG),--tag '$(TAG)') $(if $(PUSH),--push)
 
 # Point .env (read by Compose) at $(1); refuse to replace a .env that is a real file.
@@ -26,8 +28,8 @@ LINK_ENV = if [ ! -f '$(1)' ]; then echo "$(1) is missing: run 'make setup' firs
 	fi; \
 	ln -sfn '$(1)' .env && echo ".env -> $(1)"
 
-.PHONY: help setup up up-prod down logs shell migrate format format-check lint lint-fix test \
-	bake-image
+.PHONY: help setup up up-prod up-cpu down logs shell migrate format format-check lint lint-fix \
+	test image-check bake-image
 
 help: ## Show this list of targets
 	@echo "Usage: make <target>"
@@ -48,6 +50,10 @@ up: ## Start the dev stack (.env -> .env.dev, source mounted, hot reload)
 up-prod: ## Start the production stack (.env -> .env.prod, docker-compose.yml alone)
 	@$(call LINK_ENV,.env.prod)
 	$(COMPOSE_PROD) up -d --build
+
+up-cpu: ## No GPU: build the cpu image (llama.cpp, built-in model) and serve it on HOST_BIND_IP:8000
+	$(DOCKER) build -f docker/api.Dockerfile --target cpu -t llmserve-api:cpu .
+	$(DOCKER) run --rm -p '$(HOST_BIND_IP):8000:8000' -v llmserve-data:/data llmserve-api:cpu
 
 down: ## Stop and remove the stack's containers (the database volume is kept)
 	$(DOCKER_COMPOSE) down
@@ -75,6 +81,9 @@ lint-fix: ## Lint with ruff and apply its safe fixes
 
 test: ## Run the test suite
 	$(POETRY) run pytest
+
+image-check: ## Build both API images and run them for real without Docker (root, Debian)
+	bash docker/smoke.sh
 
 bake-image: ## Build the Ollama image with a model baked in (MODEL=..., TAG=..., PUSH=1)
 	$(POETRY) run llmserve bake-image $(BAKE_ARGS)

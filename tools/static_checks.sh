@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of the container and operations files; no Docker engine needed.
 #   Hadolint         docker/*.Dockerfile
-#   ShellCheck       docker/entrypoint.sh and this script
+#   ShellCheck       docker/entrypoint.sh, docker/pip.sh, docker/smoke.sh and this script
 #   check-jsonschema the compose files (Compose specification) and .github/workflows/*.yml
 #                    (GitHub workflow schema), with the schemas vendored in check-jsonschema
 #   make -n          every Makefile target, with undefined variables treated as errors
@@ -37,8 +37,8 @@ check() {
 
 make_dry_runs() {
     local target output
-    for target in help setup up up-prod down logs shell migrate format format-check lint \
-        lint-fix test bake-image; do
+    for target in help setup up up-prod up-cpu down logs shell migrate format format-check \
+        lint lint-fix test image-check bake-image; do
         if ! output=$(make --no-print-directory --warn-undefined-variables -n "$target" 2>&1); then
             printf '%s\nmake -n %s failed\n' "$output" "$target" >&2
             return 1
@@ -77,7 +77,7 @@ shopt -u nullglob
 
 check "hadolint: Dockerfiles" tool hadolint docker/api.Dockerfile docker/ollama.Dockerfile
 check "shellcheck: entrypoint and this script" \
-    tool shellcheck docker/entrypoint.sh tools/static_checks.sh
+    tool shellcheck docker/entrypoint.sh docker/pip.sh docker/smoke.sh tools/static_checks.sh
 check "check-jsonschema: compose files against the Compose specification" \
     tool check-jsonschema --builtin-schema vendor.compose-spec \
     docker-compose.yml docker-compose.dev.yml tests/docker-compose.test.yml

@@ -20,6 +20,7 @@ TARGETS = [
     "setup",
     "up",
     "up-prod",
+    "up-cpu",
     "down",
     "logs",
     "shell",
@@ -29,6 +30,7 @@ TARGETS = [
     "lint",
     "lint-fix",
     "test",
+    "image-check",
     "bake-image",
 ]
 
