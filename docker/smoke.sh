@@ -18,7 +18,7 @@
 # Dockerfile's documented build arguments and `pip-ca` secret: nothing is added to the images.
 #
 # The cpu image needs llama-cpp-python's wheel. Compiling llama.cpp on a small machine takes
-# longer than this whole check may (11 min on 2 cores), so the smoke reuses the wheel that
+# longer than this whole check may (8 to 11 min on 2 cores), so the smoke reuses the wheel that
 # `poetry install` built for the test suite, found in Poetry's cache (SMOKE_LLAMA_WHEEL names
 # another). It goes in through PIP_FIND_LINKS, and python:3.11 (the compiling stage's base) is
 # stood in for by the slim stand-in plus OpenMP's runtime but no compiler, so a build that tried
@@ -204,30 +204,31 @@ fi
 
 # ------------------------------------------------------------------------------------------------
 step "packages: ${PACKAGES[*]}"
-missing=()
-for package in "${PACKAGES[@]}"; do
-    dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
-        || missing+=("$package")
-done
-if ((${#missing[@]})); then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/llmserve-smoke-apt.log 2>&1 \
-        || {
-            apt-get update -q >>/tmp/llmserve-smoke-apt.log 2>&1 \
-                && apt-get install -y -q --no-install-recommends "${missing[@]}" \
-                    >>/tmp/llmserve-smoke-apt.log 2>&1
-        } \
-        || die "apt-get install ${missing[*]} failed: see /tmp/llmserve-smoke-apt.log"
-fi
-ok "$(buildah --version | cut -d' ' -f1-3), $(podman --version), runc $(runc --version | head -n 1 | cut -d' ' -f3)"
-
-# The private storage and configuration: nothing of the host's container setup is used or changed.
+# Noted before podman first runs, so that the cleanup removes only what this run made.
 [[ -e /var/lib/containers ]] || created_containers_dir=true
 [[ -e /run/netns ]] || created_netns_dir=true
 [[ -e /etc/cni/net.d/cni.lock ]] || created_cni_lock=true
 work=$(mktemp -d /var/tmp/llmserve-smoke.XXXXXX)
 mkdir -p "$work/tmp" "$work/conf"
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$package")
+done
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+        >>"$work/apt.log" 2>&1
+}
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt_install "${missing[@]}" || { apt-get update -q >>"$work/apt.log" 2>&1 \
+        && apt_install "${missing[@]}"; } \
+        || { tail -n 20 "$work/apt.log"; die "apt-get install ${missing[*]} failed"; }
+fi
+runc_version=$(runc --version | sed -n '1s/.* //p')
+ok "$(buildah --version | cut -d' ' -f1-3), $(podman --version), runc $runc_version"
+
+# The private storage and configuration: nothing of the host's container setup is used or changed.
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu)
 [[ $nofile == unlimited ]] && nofile=1048576
@@ -327,7 +328,8 @@ mkdir -p "$wheels"
 wheel_args=(--volume "$wheels:/local-wheels:ro" --build-arg PIP_FIND_LINKS=/local-wheels)
 "${bud[@]}" "${wheel_args[@]}" -t "$API_TAG" . >"$work/build-api.log" 2>&1 \
     || { tail -n 30 "$work/build-api.log"; die "the default image did not build"; }
-ok "the default image builds: $API_TAG, $(image_size "$API_TAG") (base stand-in $(image_size "$BASE_TAG"))"
+ok "the default image builds: $API_TAG, $(image_size "$API_TAG")" \
+    "(the base stand-in: $(image_size "$BASE_TAG"))"
 no_directive() { ! grep -qiE '^# *(syntax|escape|check) *=' docker/*.Dockerfile; }
 check "defect 4: no parser directive (no frontend image to pull); built with --pull=never" \
     no_directive
@@ -442,7 +444,8 @@ pm run -d --name smoke-sqlite --network none --health-interval=disable \
     -e "BUILT_IN_OLLAMA_MODEL=$MODEL" "$API_TAG" --port 9000 >/dev/null
 in_container_health() { # CONTAINER PORT
     for _ in $(seq 60); do
-        pm exec "$1" python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$2/health')" \
+        pm exec "$1" python -c \
+            "import urllib.request as u; u.urlopen('http://127.0.0.1:$2/health')" \
             >/dev/null 2>&1 && return 0
         sleep 0.5
     done

@@ -76,7 +76,7 @@ workflows=(.github/workflows/*.yml .github/workflows/*.yaml)
 shopt -u nullglob
 
 check "hadolint: Dockerfiles" tool hadolint docker/api.Dockerfile docker/ollama.Dockerfile
-check "shellcheck: entrypoint and this script" \
+check "shellcheck: the container scripts and this script" \
     tool shellcheck docker/entrypoint.sh docker/pip.sh docker/smoke.sh tools/static_checks.sh
 check "check-jsonschema: compose files against the Compose specification" \
     tool check-jsonschema --builtin-schema vendor.compose-spec \

@@ -11,7 +11,7 @@ from tests.static._files import ROOT
 
 CHECKS = [
     "hadolint: Dockerfiles",
-    "shellcheck: entrypoint and this script",
+    "shellcheck: the container scripts and this script",
     "check-jsonschema: compose files against the Compose specification",
     "check-jsonschema: GitHub workflows",
     "make -n: every Makefile target",
@@ -68,7 +68,7 @@ BREAKAGES = [
         "docker/entrypoint.sh",
         'exec llmserve serve --host 0.0.0.0 --port 8000 "$@"',
         "exec llmserve serve --host 0.0.0.0 --port 8000 $@",
-        "shellcheck: entrypoint and this script",
+        "shellcheck: the container scripts and this script",
         id="unquoted-arguments",
     ),
     pytest.param(
