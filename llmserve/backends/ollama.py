@@ -307,13 +307,8 @@ class OllamaBackend:
     async def _create_refusal(self, response: httpx.Response) -> errors.LlmserveError:
         if response.status_code not in (400, 404):
             return await self._error_from(response, None)
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await response.aclose()
-        message = _error_message(raw[:_MAX_ERROR_BODY]) or f"HTTP {response.status_code}"
+        raw = await _error_body(response)
+        message = _error_message(raw) or f"HTTP {response.status_code}"
         if response.status_code == 404:
             return errors.ModelNotFoundError(message)
         return errors.InvalidRequestError(message)
@@ -333,13 +328,7 @@ class OllamaBackend:
     async def _error_from(
         self, response: httpx.Response, model: str | None
     ) -> errors.LlmserveError:
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await response.aclose()
-        return self._error(response.status_code, raw, model)
+        return self._error(response.status_code, await _error_body(response), model)
 
     @staticmethod
     def _error(status: int, raw: bytes, model: str | None) -> errors.LlmserveError:
@@ -552,6 +541,17 @@ async def _read_json(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise errors.BackendError("Ollama sent an unexpected JSON body")
     return payload
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The body of an error answer (its first ``_MAX_ERROR_BODY`` bytes), then closed."""
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError:
+        raw = b""
+    finally:
+        await response.aclose()
+    return raw[:_MAX_ERROR_BODY]
 
 
 def _error_message(raw: bytes) -> str:

@@ -29,6 +29,12 @@ SCENARIOS = [
     "chat c=16, 20 ms/token",
     "tool calls c=16",
     "tool calls c=16, 20 ms/token",
+    "non-stream c=16, limited key",
+    "stream c=16, limited key",
+    "ollama chat c=1",
+    "ollama chat c=16",
+    "ollama chat c=64",
+    "ollama chat c=16, 20 ms/token",
 ]
 
 

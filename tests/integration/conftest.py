@@ -11,6 +11,7 @@ from sqlalchemy import select
 from llmserve.api.app import create_app
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.db.tables import RequestLogRecord
+from llmserve.services.keys import KeyService
 from llmserve.settings import Settings
 
 
@@ -34,6 +35,18 @@ def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture
+def keys(db_url: str) -> KeyService:
+    """The API keys of the test database (create them as the CLI does)."""
+    return KeyService(make_sessions(make_engine(db_url)))
+
+
+@pytest.fixture
+def secured(make_client: Callable[..., TestClient]) -> TestClient:
+    """A client of an app with AUTH_REQUIRED=true."""
+    return make_client(AUTH_REQUIRED=True)
 
 
 @pytest.fixture

@@ -33,16 +33,6 @@ OLLAMA_MODEL_ROUTES = {
 }
 
 
-@pytest.fixture
-def keys(db_url: str) -> KeyService:
-    return KeyService(make_sessions(make_engine(db_url)))
-
-
-@pytest.fixture
-def secured(make_client: Callable[..., TestClient]) -> TestClient:
-    return make_client(AUTH_REQUIRED=True)
-
-
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

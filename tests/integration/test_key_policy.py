@@ -41,16 +41,6 @@ SURFACES = {
 }
 
 
-@pytest.fixture
-def keys(db_url: str) -> KeyService:
-    return KeyService(make_sessions(make_engine(db_url)))
-
-
-@pytest.fixture
-def secured(make_client: Callable[..., TestClient]) -> TestClient:
-    return make_client(AUTH_REQUIRED=True)
-
-
 def key_with(keys: KeyService, name: str, **limits: object) -> dict[str, str]:
     key, _ = keys.create(name, policy=KeyPolicy(**limits), actor="test")  # type: ignore[arg-type]
     return {"Authorization": f"Bearer {key}"}
