@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import logging
 import re
 import secrets
@@ -208,6 +209,8 @@ _RETRY_S = 1.0
 #: A database that has not answered an admit in this long is down too: a partition refuses
 #: nothing, it only stays silent, and a request must not wait for it (POLICY_FAIL_MODE decides).
 _ANSWER_S = 2.0
+#: How long a budget period's spent tokens, once read, are trusted.
+_BUDGET_READ_S = 1.0
 
 
 class PolicyService:
@@ -245,6 +248,8 @@ class PolicyService:
         self._renewer: asyncio.Task[None] | None = None
         self._outage = False
         self._retry_at = 0.0  # during an outage, when to try the database again
+        #: (key, period, start) → (tokens spent, when read): see ``_spent``.
+        self._spent_seen: dict[tuple[int, str, datetime], tuple[int, float]] = {}
         self._pruned = time.monotonic()
 
     @property
@@ -484,8 +489,11 @@ class PolicyService:
             charges.setdefault(key_id, []).append((span, start, tokens))
 
         def charge(cursor: Any, key_id: int, rows: list[tuple[str, datetime, int]]) -> None:
-            for span, start, tokens in rows:
-                cursor.execute(sql.charge, (key_id, span, t(start), tokens))
+            if rows:  # one statement for the key's rows, in their order
+                values = [
+                    v for span, start, tokens in rows for v in (key_id, span, t(start), tokens)
+                ]
+                cursor.execute(sql.charges(len(rows)), values)
 
         def work(cursor: Any) -> None:
             if pending.releases:
@@ -521,9 +529,7 @@ class PolicyService:
         headers: dict[str, str] = {}
         if policy.budget is not None and policy.budget_period is not None:
             start = span_start(policy.budget_period, now)
-            cursor.execute(sql.read, (key_id, policy.budget_period, t(start)))
-            row = cursor.fetchone()
-            if row is not None and int(row[0]) >= policy.budget:
+            if int(self._spent(cursor, key_id, policy.budget_period, start)) >= policy.budget:
                 refusal = _limited(
                     "budget",
                     f"the key's budget of {policy.budget} tokens per {policy.budget_period} "
@@ -588,6 +594,22 @@ class PolicyService:
             outcome if outcome is not None else Ticket(key_id, policy, leases.get(i))
             for i, outcome in enumerate(out)
         ]
+
+    def _spent(self, cursor: Any, key_id: int, period: str, start: datetime) -> int:
+        """The tokens a key has used in its budget period, read at most once a second per key
+        (a budget is checked against charges that land when generations end anyway; a second
+        more of lag saves a statement per batch)."""
+        slot = (key_id, period, start)
+        seen = self._spent_seen.get(slot)
+        if seen is not None and time.monotonic() - seen[1] < _BUDGET_READ_S:
+            return seen[0]
+        cursor.execute(self._sql.read, (key_id, period, self._sql.time(start)))
+        row = cursor.fetchone()
+        spent = int(row[0]) if row is not None else 0
+        if len(self._spent_seen) > _MAX_PENDING:
+            self._spent_seen.clear()
+        self._spent_seen[slot] = (spent, time.monotonic())
+        return spent
 
     def _many(self, cursor: Any, statement: str, ids: list[str]) -> None:
         if self._sqlite:
@@ -659,10 +681,10 @@ class _Sql:
             "UPDATE key_usage SET requests = requests - ? "
             "WHERE key_id = ? AND span = ? AND starts_at = ?"
         )
-        self.charge = self._p(
-            upsert.format(
-                requests=0, tokens="?", update="tokens = key_usage.tokens + excluded.tokens"
-            )
+        self._charge = (
+            "INSERT INTO key_usage (key_id, span, starts_at, requests, tokens) VALUES {rows} "
+            "ON CONFLICT (key_id, span, starts_at) DO UPDATE "
+            "SET tokens = key_usage.tokens + excluded.tokens"
         )
         self.read = self._p(
             "SELECT tokens FROM key_usage WHERE key_id = ? AND span = ? AND starts_at = ?"
@@ -680,6 +702,12 @@ class _Sql:
             "DELETE FROM key_usage WHERE span = 'minute' AND starts_at < ?"
         )
         self.prune_leases = self._p("DELETE FROM key_leases WHERE expires_at < ?")
+
+    @functools.cache  # noqa: B019 - one per dialect, a handful of row counts
+    def charges(self, rows: int) -> str:
+        """Add tokens to ``rows`` usage rows: parameters ``key_id, span, starts_at, tokens``
+        per row."""
+        return self._p(self._charge.format(rows=", ".join(["(?, ?, ?, 0, ?)"] * rows)))
 
     def _p(self, statement: str) -> str:
         return statement if self._sqlite else statement.replace("?", "%s")
