@@ -286,3 +286,13 @@ def test_concurrent_admits_in_one_batch_are_exact(keys: KeyService, db_url: str)
     assert reasons == ["concurrency"] * 6 + ["rpm"] * 20
     (row,) = [row for row in usage(db_url) if row.span == "minute"]
     assert (row.requests, row.tokens) == (4, 4)  # refused ones count for nothing
+
+
+def test_loading_a_model_through_ollamas_api_respects_the_keys_models(
+    secured: TestClient, keys: KeyService, ollama: OllamaDouble
+) -> None:
+    auth = key_with(keys, "no-llama-loads", models=("qwen*",))
+    refused = secured.post("/api/chat", json={"model": "llama3.2"}, headers=auth)
+    assert refused.status_code == 403 and list(refused.json()) == ["error"]
+    loaded = secured.post("/api/chat", json={"model": "qwen2.5:0.5b"}, headers=auth)
+    assert loaded.json()["done_reason"] == "load"

@@ -46,6 +46,7 @@ from llmserve.api.ollama_wire import (
 )
 from llmserve.api.sse import EventStream, framed_events
 from llmserve.services.embeddings import EmbeddingAnswer
+from llmserve.services.policy import visible_to
 
 router = APIRouter(tags=["ollama"])
 
@@ -94,7 +95,9 @@ async def _answer(
 ) -> Response:
     runtime = runtime_of(request)
     runtime.models.validate(body.model)
-    if body.loads_only:
+    if body.loads_only:  # no generation, but the key's models still hold
+        if not visible_to(key_in(request.scope), body.model):
+            raise errors.ModelNotAllowedError(f"this API key may not use model '{body.model}'")
         with as_ollama(not_found=f"model '{body.model}' not found"):
             await runtime.models.load(body.model, body.keep_alive)
         reason = "unload" if body.unloads else "load"
