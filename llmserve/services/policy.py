@@ -27,11 +27,9 @@ the server knows without counting (charges wait in memory and are applied once i
 way (authentication needs the database for them). The mode is logged once per outage, and
 ``/ready`` names the policy check.
 
-SQL goes through the driver's own cursor on one held connection, one batch at a time (so a
-process's own admits are serialised, and SQLite gets the same semantics in one process): for
-PostgreSQL psycopg's async connection on the event loop, so no thread and no interpreter lock
-is passed back and forth per statement; the ORM's per-statement cost would be most of the
-policy's CPU.
+SQL goes through the driver's own cursor on one held connection, in one worker thread (so a
+process's own admits are serialised, and SQLite gets the same semantics in one process); the
+ORM's per-statement cost would be most of the policy's CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +43,8 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -212,8 +211,6 @@ _RETRY_S = 1.0
 _ANSWER_S = 2.0
 #: How long a budget period's spent tokens, once read, are trusted.
 _BUDGET_READ_S = 1.0
-#: The longest a batch may take before the database counts as down (and the batch is cut).
-_BATCH_S = 5.0
 
 
 class PolicyService:
@@ -241,9 +238,8 @@ class PolicyService:
         self._lease_s = lease_s
         self._metrics = metrics
         self._clock = clock
-        #: The driver's own connection (psycopg's async one; SQLite's), used one batch at a time.
-        self._connection: Any = None
-        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmserve-policy")
+        self._connection: Any = None  # the driver's connection, used only in that thread
         self._sql = _Sql(sqlite=self._sqlite)
         self._admits: list[_Admit] = []
         self._pending = _Pending()
@@ -274,7 +270,8 @@ class PolicyService:
         self._live.clear()
         with contextlib.suppress(Exception):
             await self.flush()
-        await self._close()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
 
     def check(self, *, database_up: bool) -> str:
         """The policy's line for ``/ready``: what the keys' limits do while the database is
@@ -354,15 +351,15 @@ class PolicyService:
 
     async def _work(self) -> None:
         """Run batches until nothing waits: what arrives meanwhile goes into the next one."""
+        loop = asyncio.get_running_loop()
         while self._admits or (self._pending and not self._outage):
             # Not those that stopped waiting (timed out, or the client left): they are decided.
             admits = [admit for admit in self._admits if not admit.future.done()]
             self._admits = []
             pending, self._pending = self._pending, _Pending()
             try:
-                async with asyncio.timeout(_BATCH_S):  # a silent database is a down one
-                    outcomes = await self._batch(admits, pending)
-            except (*_DB_ERRORS, TimeoutError) as exc:
+                outcomes = await loop.run_in_executor(self._executor, self._batch, admits, pending)
+            except _DB_ERRORS as exc:
                 self._down(exc)
                 self._keep(pending)  # applied once the database is back
                 for admit in admits:
@@ -430,64 +427,52 @@ class PolicyService:
         if self._metrics is not None:
             self._metrics.policy_rejected(reason)
 
-    # -- the database ------------------------------------------------------------------------
+    # -- the database (in the policy thread only) -------------------------------------------
 
-    async def _run(self, work: Callable[[_Cursor], Awaitable[Any]]) -> Any:
+    def _run(self, work: Callable[[Any], Any]) -> Any:
         """``work(cursor)`` in one transaction on the held connection: committed, or rolled
-        back (and the connection dropped after a database error or a cancellation). A
-        transaction PostgreSQL chose to abort (a deadlock with another server, a serialization
-        failure) is run again, up to three times: it is contention, not an outage."""
-        async with self._lock:
-            for attempt in range(3):
-                try:
-                    return await self._transaction(work)
-                except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                    if attempt == 2:
-                        raise
+        back (and the connection dropped after a database error). A transaction PostgreSQL
+        chose to abort (a deadlock with another server, a serialization failure) is run again,
+        up to three times: it is contention, not an outage."""
+        for attempt in range(3):
+            try:
+                return self._transaction(work)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == 2:
+                    raise
         raise AssertionError("unreachable")
 
-    async def _transaction(self, work: Callable[[_Cursor], Awaitable[Any]]) -> Any:
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
         if self._connection is None:
-            self._connection = await self._connect()
-        cursor = _Cursor(self._connection, sqlite=self._sqlite)
+            self._connection = self._engine.raw_connection()
+        cursor = self._connection.cursor()
         try:
-            result = await work(cursor)
-            await cursor.commit()
+            result = work(cursor)
+            self._connection.commit()
         except BaseException as exc:
-            if isinstance(exc, (*_DB_ERRORS, asyncio.CancelledError, TimeoutError)):
-                await self._drop()  # its state is unknown: a new one next time
-            else:
-                with contextlib.suppress(Exception):
-                    await cursor.rollback()
+            with contextlib.suppress(Exception):
+                self._connection.rollback()
+            if isinstance(exc, _DB_ERRORS):
+                self._drop()
             raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
         return result
 
-    async def _connect(self) -> Any:
-        """PostgreSQL: psycopg's async connection, on this event loop (no thread, no lock
-        shared with one). SQLite: the driver's connection; its statements are calls into a
-        local file, made from the loop."""
-        if self._sqlite:
-            return self._engine.raw_connection()
-        url = self._engine.url.set(drivername="postgresql")
-        return await psycopg.AsyncConnection.connect(
-            url.render_as_string(hide_password=False), connect_timeout=5
-        )
-
-    async def _drop(self) -> None:
+    def _drop(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        with contextlib.suppress(Exception):
-            if self._sqlite:
+        if connection is not None:
+            with contextlib.suppress(Exception):
                 connection.invalidate()
-            else:
-                await connection.close()
 
-    async def _close(self) -> None:
-        async with self._lock:
-            await self._drop()
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
 
-    async def _batch(
+    def _batch(
         self, admits: list[_Admit], pending: _Pending
     ) -> list[Ticket | errors.RateLimitedError]:
         """One transaction: the releases (a lease given back a moment ago is free for this
@@ -503,42 +488,39 @@ class PolicyService:
         for (key_id, span, start), tokens in pending.tokens.items():
             charges.setdefault(key_id, []).append((span, start, tokens))
 
-        async def charge(
-            cursor: _Cursor, key_id: int, rows: list[tuple[str, datetime, int]]
-        ) -> None:
+        def charge(cursor: Any, key_id: int, rows: list[tuple[str, datetime, int]]) -> None:
             if rows:  # one statement for the key's rows, in their order
                 values = [
                     v for span, start, tokens in rows for v in (key_id, span, t(start), tokens)
                 ]
-                await cursor.execute(sql.charges(len(rows)), values)
+                cursor.execute(sql.charges(len(rows)), values)
 
-        async def work(cursor: _Cursor) -> None:
+        def work(cursor: Any) -> None:
             if pending.releases:
-                await self._many(cursor, sql.release, pending.releases)
+                self._many(cursor, sql.release, pending.releases)
             for key_id in sorted(by_key.keys() | charges.keys()):
                 rows = sorted(charges.get(key_id, ()))
                 indexes = by_key.get(key_id, [])
                 if not indexes:
-                    await charge(cursor, key_id, rows)
+                    charge(cursor, key_id, rows)
                     continue
                 group = [admits[i] for i in indexes]
                 own = ("minute", span_start("minute", group[-1].now))  # the admits' row
-                await charge(cursor, key_id, [row for row in rows if row[:2] <= own])
-                decided = await self._admit_key(cursor, group)
-                for i, outcome in zip(indexes, decided, strict=True):
+                charge(cursor, key_id, [row for row in rows if row[:2] <= own])
+                for i, outcome in zip(indexes, self._admit_key(cursor, group), strict=True):
                     outcomes[i] = outcome
-                await charge(cursor, key_id, [row for row in rows if row[:2] > own])
+                charge(cursor, key_id, [row for row in rows if row[:2] > own])
             if time.monotonic() - self._pruned > _PRUNE_EVERY_S:
                 now = self._clock()
-                await cursor.execute(sql.prune_minutes, (t(now - _MINUTES_KEPT),))
-                await cursor.execute(sql.prune_leases, (t(now - timedelta(seconds=self._lease_s)),))
+                cursor.execute(sql.prune_minutes, (t(now - _MINUTES_KEPT),))
+                cursor.execute(sql.prune_leases, (t(now - timedelta(seconds=self._lease_s)),))
                 self._pruned = time.monotonic()
 
-        await self._run(work)
+        self._run(work)
         return outcomes  # type: ignore[return-value]
 
-    async def _admit_key(
-        self, cursor: _Cursor, group: list[_Admit]
+    def _admit_key(
+        self, cursor: Any, group: list[_Admit]
     ) -> list[Ticket | errors.RateLimitedError]:
         """The admits of one key, in arrival order (its newest policy applies to all)."""
         sql, t = self._sql, self._sql.time
@@ -547,7 +529,7 @@ class PolicyService:
         headers: dict[str, str] = {}
         if policy.budget is not None and policy.budget_period is not None:
             start = span_start(policy.budget_period, now)
-            if await self._spent(cursor, key_id, policy.budget_period, start) >= policy.budget:
+            if int(self._spent(cursor, key_id, policy.budget_period, start)) >= policy.budget:
                 refusal = _limited(
                     "budget",
                     f"the key's budget of {policy.budget} tokens per {policy.budget_period} "
@@ -561,10 +543,8 @@ class PolicyService:
         counted = 0  # requests added to the minute's row by this batch
         if policy.rpm is not None or policy.tpm is not None:
             counted = len(group)
-            await cursor.execute(
-                sql.count_requests, (key_id, "minute", t(minute), counted, counted)
-            )
-            total, tokens = (int(value) for value in await cursor.fetchone())
+            cursor.execute(sql.count_requests, (key_id, "minute", t(minute), counted, counted))
+            total, tokens = (int(value) for value in cursor.fetchone())
             before = total - counted
             reset = span_end("minute", minute)
             for i in range(len(group)):
@@ -589,9 +569,9 @@ class PolicyService:
         leases: dict[int, str] = {}
         if policy.concurrency is not None and wanted:
             if not self._sqlite:
-                await cursor.execute(sql.lock_key, (key_id,))
-            await cursor.execute(sql.count_leases, (key_id, t(now)))  # live ones only
-            free = policy.concurrency - int((await cursor.fetchone())[0])
+                cursor.execute(sql.lock_key, (key_id,))
+            cursor.execute(sql.count_leases, (key_id, t(now)))  # live ones: expired don't count
+            free = policy.concurrency - int(cursor.fetchone()[0])
             expires = t(now + timedelta(seconds=self._lease_s))
             for n, i in enumerate(wanted):
                 if n < free:
@@ -606,16 +586,16 @@ class PolicyService:
                     )
         if leases:
             rows = [(lease, key_id, expires) for lease in leases.values()]
-            await cursor.executemany(sql.add_lease, rows)
+            cursor.executemany(sql.add_lease, rows)
         refused = sum(1 for outcome in out if outcome is not None)
         if counted and refused:  # a refused request counts for nothing
-            await cursor.execute(sql.uncount_requests, (refused, key_id, "minute", t(minute)))
+            cursor.execute(sql.uncount_requests, (refused, key_id, "minute", t(minute)))
         return [
             outcome if outcome is not None else Ticket(key_id, policy, leases.get(i))
             for i, outcome in enumerate(out)
         ]
 
-    async def _spent(self, cursor: _Cursor, key_id: int, period: str, start: datetime) -> int:
+    def _spent(self, cursor: Any, key_id: int, period: str, start: datetime) -> int:
         """The tokens a key has used in its budget period, read at most once a second per key
         (a budget is checked against charges that land when generations end anyway; a second
         more of lag saves a statement per batch)."""
@@ -623,85 +603,40 @@ class PolicyService:
         seen = self._spent_seen.get(slot)
         if seen is not None and time.monotonic() - seen[1] < _BUDGET_READ_S:
             return seen[0]
-        await cursor.execute(self._sql.read, (key_id, period, self._sql.time(start)))
-        row = await cursor.fetchone()
+        cursor.execute(self._sql.read, (key_id, period, self._sql.time(start)))
+        row = cursor.fetchone()
         spent = int(row[0]) if row is not None else 0
         if len(self._spent_seen) > _MAX_PENDING:
             self._spent_seen.clear()
         self._spent_seen[slot] = (spent, time.monotonic())
         return spent
 
-    async def _many(self, cursor: _Cursor, statement: str, ids: list[str]) -> None:
+    def _many(self, cursor: Any, statement: str, ids: list[str]) -> None:
         if self._sqlite:
-            await cursor.executemany(statement, [(value,) for value in ids])
+            cursor.executemany(statement, [(value,) for value in ids])
         else:
-            await cursor.execute(statement, (ids,))
+            cursor.execute(statement, (ids,))
 
-    async def _renew(self, leases: list[str]) -> None:
+    def _renew_sync(self, leases: list[str]) -> None:
         expires = self._sql.time(self._clock() + timedelta(seconds=self._lease_s))
-
-        async def work(cursor: _Cursor) -> None:
-            if self._sqlite:
-                await cursor.executemany(self._sql.renew, [(expires, x) for x in leases])
-            else:
-                await cursor.execute(self._sql.renew, (expires, leases))
-
-        await self._run(work)
+        if self._sqlite:
+            self._run(lambda c: c.executemany(self._sql.renew, [(expires, x) for x in leases]))
+        else:
+            self._run(lambda c: c.execute(self._sql.renew, (expires, leases)))
 
     async def _renew_leases(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._lease_s / 3)
             leases = sorted(self._live)
             if not leases:
                 continue
             try:
-                async with asyncio.timeout(_BATCH_S):
-                    await self._renew(leases)
-            except (*_DB_ERRORS, TimeoutError) as exc:
+                await loop.run_in_executor(self._executor, self._renew_sync, leases)
+            except _DB_ERRORS as exc:
                 self._down(exc)
             else:
                 self._back()
-
-
-class _Cursor:
-    """One transaction's statements on the driver's own cursor: psycopg's async one, or
-    SQLite's (a local file: its calls return at once), behind the same awaitable methods."""
-
-    __slots__ = ("_connection", "_cursor", "_sqlite")
-
-    def __init__(self, connection: Any, *, sqlite: bool) -> None:
-        self._connection = connection
-        self._sqlite = sqlite
-        self._cursor = connection.cursor()
-
-    async def execute(self, statement: str, params: Any = ()) -> None:
-        if self._sqlite:
-            self._cursor.execute(statement, params)
-        else:
-            await self._cursor.execute(statement, params)
-
-    async def executemany(self, statement: str, rows: list[Any]) -> None:
-        if self._sqlite:
-            self._cursor.executemany(statement, rows)
-        else:
-            await self._cursor.executemany(statement, rows)
-
-    async def fetchone(self) -> Any:
-        if self._sqlite:
-            return self._cursor.fetchone()
-        return await self._cursor.fetchone()
-
-    async def commit(self) -> None:
-        if self._sqlite:
-            self._connection.commit()
-        else:
-            await self._connection.commit()
-
-    async def rollback(self) -> None:
-        if self._sqlite:
-            self._connection.rollback()
-        else:
-            await self._connection.rollback()
 
 
 def _headers(
