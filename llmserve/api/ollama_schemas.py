@@ -29,14 +29,13 @@ from pydantic import (
 )
 
 from llmserve import errors
-from llmserve.api.schemas import Int64, _check_schema
+from llmserve.api.schemas import FunctionDefinition, Int64, ToolDefinition, _check_schema
 from llmserve.domain import (
     GenerationOptions,
     GenerationRequest,
     Message,
     OllamaExtras,
     ResponseFormat,
-    Tool,
     ToolCall,
 )
 from llmserve.services.images import checked_base64
@@ -175,16 +174,15 @@ class OllamaMessage(_Lenient):
         )
 
 
-class OllamaFunction(_Lenient):
-    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: StrictStr | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+class OllamaFunction(FunctionDefinition):
+    """The native API's function definition, with unknown fields ignored (Ollama's way)."""
 
-    _schema = field_validator("parameters")(_check_schema)
+    model_config = ConfigDict(extra="ignore")
 
 
-class OllamaTool(_Lenient):
-    type: Literal["function"] = "function"
+class OllamaTool(ToolDefinition):
+    model_config = ConfigDict(extra="ignore")
+
     function: OllamaFunction
 
 
@@ -282,10 +280,7 @@ class OllamaChatRequest(_Generation):
         return GenerationRequest(
             messages=tuple(m.to_domain(max_image_bytes) for m in self.messages),
             options=self._options(),
-            tools=tuple(
-                Tool(t.function.name, t.function.description, t.function.parameters)
-                for t in self.tools or ()
-            ),
+            tools=tuple(tool.to_domain() for tool in self.tools or ()),
             response_format=_format(self.format),
             ollama=self._extras("chat"),
         )

@@ -378,6 +378,8 @@ class OllamaStream(PrefetchingStream):
         self._calls: list[ToolCall] = []
 
     async def _batches(self) -> AsyncIterator[list[StreamEvent]]:
+        generate, thinking = self._generate, self._thinking  # read per line: locals
+        text_field = "response" if generate else "content"
         try:
             response = self._response
             while not self._finished:
@@ -402,11 +404,11 @@ class OllamaStream(PrefetchingStream):
                             f"Ollama failed mid-generation: {obj['error']}"
                         )
                         break
-                    message = obj if self._generate else obj.get("message")
+                    message = obj if generate else obj.get("message")
                     if message:
-                        if self._thinking and message.get("thinking"):
+                        if thinking and message.get("thinking"):
                             batch.append(Thinking(message["thinking"]))
-                        text = message.get("response" if self._generate else "content")
+                        text = message.get(text_field)
                         if text:
                             batch.append(text)
                         if "tool_calls" in message:

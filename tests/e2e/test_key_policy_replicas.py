@@ -127,6 +127,36 @@ def tally(outcomes: list[Outcome]) -> str:
     return f"admitted A={admitted['A']} B={admitted['B']}, refused {refused}"
 
 
+# -- a cancelled stream pays for what it produced -----------------------------------------------
+
+
+def test_a_stream_the_client_leaves_is_charged_what_was_produced(
+    subprocess_env: dict[str, str], tmp_path: Path, db_url: str, ollama: OllamaDouble
+) -> None:
+    key_id, auth = make_key(db_url, "leaver", tpm=1_000_000)
+    wait_for_fresh_minute(margin_s=15)
+    env = {**subprocess_env, "AUTH_REQUIRED": "true"}
+    with running_server(env, tmp_path) as server:
+        ollama.enqueue(Script(tokens=["t "] * 200, delay_s=0.02))
+        body = {"prompt": "long", "stream": True}
+        with httpx.stream("POST", server.base_url + URL, json=body, headers=auth) as response:
+            for received, _line in enumerate(response.iter_lines(), start=1):
+                if received == 10:
+                    break
+        record = ollama.wait_for_cancel(timeout=2.0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # charged in the background, once the row is logged
+            requests, tokens = minute_usage(db_url, key_id)
+            if tokens:
+                break
+            time.sleep(0.05)
+    print(f"\n[cancelled stream] upstream sent {record.tokens_sent} of 200, charged {tokens}")
+    assert requests == 1
+    # What reached llmserve before it closed the upstream request, no more (prompt tokens are
+    # unknown for a cut stream: Ollama reports them only at the end).
+    assert 5 <= tokens <= record.tokens_sent < 200
+
+
 # -- two replicas, one limit ------------------------------------------------------------------
 
 RPM = 10

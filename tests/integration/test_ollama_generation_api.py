@@ -287,7 +287,7 @@ def test_an_error_before_the_first_line_keeps_its_status(
     assert "llama-server process has terminated" in response.json()["error"]
 
 
-def test_every_generation_is_logged_under_its_ollama_route(
+def test_every_generation_is_logged_and_counted_under_its_ollama_route(
     client: TestClient,
     ollama: OllamaDouble,
     log_rows: Callable[[], list[RequestLogRecord]],
@@ -297,6 +297,9 @@ def test_every_generation_is_logged_under_its_ollama_route(
     )
     client.post("/api/generate", json={"model": "qwen2.5:0.5b", "prompt": "x", "stream": False})
     client.post("/api/embed", json={"model": "llama3.2", "input": ["a", "b"]})
+    metrics = client.get("/metrics").text
+    for route in ("/api/chat", "/api/generate", "/api/embed"):
+        assert f'llmserve_generations_total{{route="{route}",status="ok"}} 1.0' in metrics
     rows = wait_for_rows(log_rows, 3)
     assert [(row.route, row.model, row.status) for row in rows] == [
         ("/api/chat", "llama3.2", "ok"),  # the active model, by its stored name
