@@ -29,7 +29,9 @@ way (authentication needs the database for them). The mode is logged once per ou
 
 SQL goes through the driver's own cursor on one held connection, in one worker thread (so a
 process's own admits are serialised, and SQLite gets the same semantics in one process); the
-ORM's per-statement cost would be most of the policy's CPU.
+ORM's per-statement cost would be most of the policy's CPU. On PostgreSQL a batch is a single
+call of the ``llmserve_policy_batch`` function (migration 0005), which does the counting inside
+the database: one round trip per batch instead of one per statement.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 import psycopg
 from sqlalchemy import Engine
 
@@ -134,7 +137,7 @@ def parse_budget(text: str) -> tuple[int, Period]:
         raise errors.InvalidRequestError(
             f"invalid budget {text!r}: tokens per day, week or month, e.g. 2000000/month"
         )
-    return int(match.group(1)), match.group(2)  # type: ignore[return-value]
+    return int(match.group(1)), match.group(2)  # type: ignore[return-value]  # _BUDGET: a Period
 
 
 def parse_models(text: str) -> tuple[str, ...]:
@@ -209,6 +212,10 @@ _RETRY_S = 1.0
 #: A database that has not answered an admit in this long is down too: a partition refuses
 #: nothing, it only stays silent, and a request must not wait for it (POLICY_FAIL_MODE decides).
 _ANSWER_S = 2.0
+#: Charges and releases ride on the next batch of admits; with none coming, they are written
+#: after this long. A lease given back is free at once for this server's next admit (the release
+#: is in the same batch); another server sees it at most this much later.
+_SETTLE_S = 0.2
 #: How long a budget period's spent tokens, once read, are trusted.
 _BUDGET_READ_S = 1.0
 
@@ -245,6 +252,8 @@ class PolicyService:
         self._pending = _Pending()
         self._live: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._settle_due = False  # the pending charges are written even with no admit
         self._renewer: asyncio.Task[None] | None = None
         self._outage = False
         self._retry_at = 0.0  # during an outage, when to try the database again
@@ -270,6 +279,9 @@ class PolicyService:
         self._live.clear()
         with contextlib.suppress(Exception):
             await self.flush()
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)
 
@@ -334,7 +346,14 @@ class PolicyService:
         if ticket.lease is not None:
             self._live.discard(ticket.lease)
             pending.releases.append(ticket.lease)
-        if pending:
+        if pending and self._settle_timer is None:
+            loop = asyncio.get_running_loop()
+            self._settle_timer = loop.call_later(_SETTLE_S, self._settle_now)
+
+    def _settle_now(self) -> None:
+        self._settle_timer = None
+        if self._pending:
+            self._settle_due = True
             self._kick()
 
     async def flush(self) -> None:
@@ -342,8 +361,9 @@ class PolicyService:
         while self._worker is not None and not self._worker.done():
             await asyncio.shield(self._worker)
         if self._pending:
+            self._settle_due = True
             self._kick()
-            await asyncio.shield(self._worker)  # type: ignore[arg-type]
+            await asyncio.shield(self._worker)  # type: ignore[arg-type]  # _kick() has just set it
 
     def _kick(self) -> None:
         if self._worker is None or self._worker.done():
@@ -352,11 +372,12 @@ class PolicyService:
     async def _work(self) -> None:
         """Run batches until nothing waits: what arrives meanwhile goes into the next one."""
         loop = asyncio.get_running_loop()
-        while self._admits or (self._pending and not self._outage):
+        while self._admits or (self._settle_due and self._pending and not self._outage):
             # Not those that stopped waiting (timed out, or the client left): they are decided.
             admits = [admit for admit in self._admits if not admit.future.done()]
             self._admits = []
             pending, self._pending = self._pending, _Pending()
+            self._settle_due = False
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._batch, admits, pending)
             except _DB_ERRORS as exc:
@@ -445,6 +466,8 @@ class PolicyService:
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         if self._connection is None:
             self._connection = self._engine.raw_connection()
+            if not self._sqlite:  # one statement per batch: its own transaction, no COMMIT
+                self._connection.driver_connection.autocommit = True
         cursor = self._connection.cursor()
         try:
             result = work(cursor)
@@ -470,6 +493,8 @@ class PolicyService:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
+                if not self._sqlite:  # back to the pool as the pool lent it
+                    connection.driver_connection.autocommit = False
                 connection.close()
 
     def _batch(
@@ -478,122 +503,159 @@ class PolicyService:
         """One transaction: the releases (a lease given back a moment ago is free for this
         batch), then key by key in id order its charges and its admits, each key's usage rows
         in (span, start) order, so that two servers take row locks in the same order. Each
-        refusal's own counting is undone in the same transaction."""
-        sql, t = self._sql, self._sql.time
-        outcomes: list[Ticket | errors.RateLimitedError | None] = [None] * len(admits)
+        refusal's own counting is undone in the same transaction.
+
+        On PostgreSQL the whole batch is one call of the ``llmserve_policy_batch`` function
+        (migration 0005): one statement, one round trip, in autocommit; on SQLite it is a
+        statement at a time (:meth:`_admit_key`)."""
         by_key: dict[int, list[int]] = {}
         for index, admit in enumerate(admits):
             by_key.setdefault(admit.key_id, []).append(index)
         charges: dict[int, list[tuple[str, datetime, int]]] = {}
         for (key_id, span, start), tokens in pending.tokens.items():
             charges.setdefault(key_id, []).append((span, start, tokens))
+        prune = time.monotonic() - self._pruned > _PRUNE_EVERY_S
+        if prune:
+            self._pruned = time.monotonic()
+        if self._sqlite:
+            sqlite_outcomes: list[Ticket | errors.RateLimitedError] = self._run(
+                lambda cursor: self._statements(
+                    cursor, admits, pending.releases, by_key, charges, prune
+                )
+            )
+            return sqlite_outcomes
+        keys: list[dict[str, Any]] = []
+        groups: list[tuple[list[int], list[str]]] = []
+        for key_id in sorted(by_key.keys() | charges.keys()):
+            rows = sorted(charges.get(key_id, ()))
+            indexes = by_key.get(key_id, [])
+            if not indexes:
+                keys.append({"k": key_id, "n": 0, "early": _charges(rows), "late": []})
+                continue
+            group = [admits[i] for i in indexes]
+            policy, now = group[-1].policy, group[-1].now
+            own = ("minute", span_start("minute", now))  # the admits' row
+            leases = _new_leases(policy, len(group))
+            groups.append((indexes, leases))
+            keys.append(
+                {
+                    "k": key_id,
+                    "n": len(group),
+                    "early": _charges([row for row in rows if row[:2] <= own]),
+                    "late": _charges([row for row in rows if row[:2] > own]),
+                    "minute": own[1].isoformat(),
+                    "now": now.isoformat(),
+                    "expires": (now + timedelta(seconds=self._lease_s)).isoformat(),
+                    "leases": leases,
+                    "rpm": policy.rpm,
+                    "tpm": policy.tpm,
+                    "concurrency": policy.concurrency,
+                    "budget": policy.budget,
+                    "period": policy.budget_period,
+                    "period_start": (
+                        span_start(policy.budget_period, now).isoformat()
+                        if policy.budget_period is not None
+                        else None
+                    ),
+                }
+            )
+        payload: dict[str, Any] = {"releases": pending.releases, "keys": keys, "prune": None}
+        if prune:
+            now = self._clock()
+            payload["prune"] = {
+                "minutes": (now - _MINUTES_KEPT).isoformat(),
+                "leases": (now - timedelta(seconds=self._lease_s)).isoformat(),
+            }
+        argument = orjson.dumps(payload).decode()
 
-        def charge(cursor: Any, key_id: int, rows: list[tuple[str, datetime, int]]) -> None:
+        def call(cursor: Any) -> list[dict[str, int]]:
+            cursor.execute(self._sql.batch, (argument,))
+            return list(cursor.fetchone()[0])
+
+        answers = self._run(call)
+        outcomes: list[Ticket | errors.RateLimitedError | None] = [None] * len(admits)
+        for (indexes, leases), answer in zip(groups, answers, strict=True):
+            group = [admits[i] for i in indexes]
+            for i, outcome in zip(indexes, _outcomes(group, answer, leases), strict=True):
+                outcomes[i] = outcome
+        return outcomes  # type: ignore[return-value]  # every admit is in exactly one group
+
+    def _statements(
+        self,
+        cursor: Any,
+        admits: list[_Admit],
+        releases: list[str],
+        by_key: dict[int, list[int]],
+        charges: dict[int, list[tuple[str, datetime, int]]],
+        prune: bool,
+    ) -> list[Ticket | errors.RateLimitedError]:
+        """The batch on SQLite, a statement at a time, in the order the function follows."""
+        sql, t = self._sql, self._sql.time
+        outcomes: list[Ticket | errors.RateLimitedError | None] = [None] * len(admits)
+
+        def charge(key_id: int, rows: list[tuple[str, datetime, int]]) -> None:
             if rows:  # one statement for the key's rows, in their order
                 values = [
                     v for span, start, tokens in rows for v in (key_id, span, t(start), tokens)
                 ]
                 cursor.execute(sql.charges(len(rows)), values)
 
-        def work(cursor: Any) -> None:
-            if pending.releases:
-                self._many(cursor, sql.release, pending.releases)
-            for key_id in sorted(by_key.keys() | charges.keys()):
-                rows = sorted(charges.get(key_id, ()))
-                indexes = by_key.get(key_id, [])
-                if not indexes:
-                    charge(cursor, key_id, rows)
-                    continue
-                group = [admits[i] for i in indexes]
-                own = ("minute", span_start("minute", group[-1].now))  # the admits' row
-                charge(cursor, key_id, [row for row in rows if row[:2] <= own])
-                for i, outcome in zip(indexes, self._admit_key(cursor, group), strict=True):
-                    outcomes[i] = outcome
-                charge(cursor, key_id, [row for row in rows if row[:2] > own])
-            if time.monotonic() - self._pruned > _PRUNE_EVERY_S:
-                now = self._clock()
-                cursor.execute(sql.prune_minutes, (t(now - _MINUTES_KEPT),))
-                cursor.execute(sql.prune_leases, (t(now - timedelta(seconds=self._lease_s)),))
-                self._pruned = time.monotonic()
-
-        self._run(work)
-        return outcomes  # type: ignore[return-value]
+        if releases:
+            cursor.executemany(sql.release, [(lease,) for lease in releases])
+        for key_id in sorted(by_key.keys() | charges.keys()):
+            rows = sorted(charges.get(key_id, ()))
+            indexes = by_key.get(key_id, [])
+            if not indexes:
+                charge(key_id, rows)
+                continue
+            group = [admits[i] for i in indexes]
+            own = ("minute", span_start("minute", group[-1].now))
+            charge(key_id, [row for row in rows if row[:2] <= own])
+            for i, outcome in zip(indexes, self._admit_key(cursor, group), strict=True):
+                outcomes[i] = outcome
+            charge(key_id, [row for row in rows if row[:2] > own])
+        if prune:
+            now = self._clock()
+            cursor.execute(sql.prune_minutes, (t(now - _MINUTES_KEPT),))
+            cursor.execute(sql.prune_leases, (t(now - timedelta(seconds=self._lease_s)),))
+        return outcomes  # type: ignore[return-value]  # every admit is in exactly one group
 
     def _admit_key(
         self, cursor: Any, group: list[_Admit]
     ) -> list[Ticket | errors.RateLimitedError]:
-        """The admits of one key, in arrival order (its newest policy applies to all)."""
+        """The admits of one key on SQLite, in arrival order (its newest policy applies to
+        all): the numbers ``llmserve_policy_batch`` answers on PostgreSQL, by the same rules."""
         sql, t = self._sql, self._sql.time
         key_id, policy, now = group[0].key_id, group[-1].policy, group[-1].now
-        out: list[Ticket | errors.RateLimitedError | None] = [None] * len(group)
-        headers: dict[str, str] = {}
+        n, minute = len(group), span_start("minute", now)
+        answer = {"spent": 0, "total": 0, "tokens": 0, "live": 0, "granted": 0}
+        leases = _new_leases(policy, n)
+        wanted = n
         if policy.budget is not None and policy.budget_period is not None:
             start = span_start(policy.budget_period, now)
-            if int(self._spent(cursor, key_id, policy.budget_period, start)) >= policy.budget:
-                refusal = _limited(
-                    "budget",
-                    f"the key's budget of {policy.budget} tokens per {policy.budget_period} "
-                    "is spent",
-                    span_end(policy.budget_period, start),
-                    now,
-                    headers,
-                )
-                return [refusal] * len(group)
-        minute = span_start("minute", now)
-        counted = 0  # requests added to the minute's row by this batch
-        if policy.rpm is not None or policy.tpm is not None:
-            counted = len(group)
-            cursor.execute(sql.count_requests, (key_id, "minute", t(minute), counted, counted))
-            total, tokens = (int(value) for value in cursor.fetchone())
-            before = total - counted
-            reset = span_end("minute", minute)
-            for i in range(len(group)):
-                own = {}
-                position = before + i + 1
-                if policy.rpm is not None:
-                    _headers(own, "requests", policy.rpm, policy.rpm - position, reset, now)
-                if policy.tpm is not None:
-                    _headers(own, "tokens", policy.tpm, policy.tpm - tokens, reset, now)
-                if policy.rpm is not None and position > policy.rpm:
-                    own["x-ratelimit-remaining-requests"] = "0"
-                    out[i] = _limited(
-                        "rpm", f"over {policy.rpm} requests per minute", reset, now, own
-                    )
-                elif policy.tpm is not None and tokens >= policy.tpm:
-                    out[i] = _limited(
-                        "tpm", f"over {policy.tpm} tokens per minute", reset, now, own
-                    )
-                else:
-                    headers = own
-        wanted = [i for i in range(len(group)) if out[i] is None]
-        leases: dict[int, str] = {}
-        if policy.concurrency is not None and wanted:
-            if not self._sqlite:
-                cursor.execute(sql.lock_key, (key_id,))
+            answer["spent"] = self._spent(cursor, key_id, policy.budget_period, start)
+            if answer["spent"] >= policy.budget:
+                wanted = 0
+        if wanted and (policy.rpm is not None or policy.tpm is not None):
+            cursor.execute(sql.count_requests, (key_id, "minute", t(minute), n, n))
+            answer["total"], answer["tokens"] = (int(value) for value in cursor.fetchone())
+            if policy.tpm is not None and answer["tokens"] >= policy.tpm:
+                wanted = 0
+            elif policy.rpm is not None:
+                wanted = max(0, min(n, policy.rpm - (answer["total"] - n)))
+        granted = wanted
+        if wanted and policy.concurrency is not None:
             cursor.execute(sql.count_leases, (key_id, t(now)))  # live ones: expired don't count
-            free = policy.concurrency - int(cursor.fetchone()[0])
+            answer["live"] = int(cursor.fetchone()[0])
+            granted = max(0, min(wanted, policy.concurrency - answer["live"]))
             expires = t(now + timedelta(seconds=self._lease_s))
-            for n, i in enumerate(wanted):
-                if n < free:
-                    leases[i] = secrets.token_hex(16)
-                else:
-                    out[i] = _limited(
-                        "concurrency",
-                        f"{policy.concurrency} generations of this key are running already",
-                        now + timedelta(seconds=1),
-                        now,
-                        headers,
-                    )
-        if leases:
-            rows = [(lease, key_id, expires) for lease in leases.values()]
-            cursor.executemany(sql.add_lease, rows)
-        refused = sum(1 for outcome in out if outcome is not None)
-        if counted and refused:  # a refused request counts for nothing
-            cursor.execute(sql.uncount_requests, (refused, key_id, "minute", t(minute)))
-        return [
-            outcome if outcome is not None else Ticket(key_id, policy, leases.get(i))
-            for i, outcome in enumerate(out)
-        ]
+            cursor.executemany(
+                sql.add_lease, [(lease, key_id, expires) for lease in leases[:granted]]
+            )
+        if answer["total"] and granted < n:  # a refused request counts for nothing
+            cursor.execute(sql.uncount_requests, (n - granted, key_id, "minute", t(minute)))
+        answer["granted"] = granted
+        return _outcomes(group, answer, leases)
 
     def _spent(self, cursor: Any, key_id: int, period: str, start: datetime) -> int:
         """The tokens a key has used in its budget period, read at most once a second per key
@@ -610,12 +672,6 @@ class PolicyService:
             self._spent_seen.clear()
         self._spent_seen[slot] = (spent, time.monotonic())
         return spent
-
-    def _many(self, cursor: Any, statement: str, ids: list[str]) -> None:
-        if self._sqlite:
-            cursor.executemany(statement, [(value,) for value in ids])
-        else:
-            cursor.execute(statement, (ids,))
 
     def _renew_sync(self, leases: list[str]) -> None:
         expires = self._sql.time(self._clock() + timedelta(seconds=self._lease_s))
@@ -637,6 +693,72 @@ class PolicyService:
                 self._down(exc)
             else:
                 self._back()
+
+
+def _charges(rows: list[tuple[str, datetime, int]]) -> list[list[Any]]:
+    return [[span, start.isoformat(), tokens] for span, start, tokens in rows]
+
+
+def _new_leases(policy: KeyPolicy, n: int) -> list[str]:
+    """Ids for the leases ``n`` admits may take (the first admitted take them in order)."""
+    return [secrets.token_hex(16) for _ in range(n)] if policy.concurrency is not None else []
+
+
+def _outcomes(
+    group: list[_Admit], answer: dict[str, int], leases: list[str]
+) -> list[Ticket | errors.RateLimitedError]:
+    """Each admit's ticket or refusal, from what the database counted for the key's group:
+    ``spent`` (the budget period's tokens), ``total`` (the minute's requests, this group's
+    included), ``tokens`` (the minute's), ``live`` (leases running before the group) and
+    ``granted`` (how many of the group, in arrival order, were admitted). The reasons and the
+    ``x-ratelimit-*`` headers follow from the same numbers by the rules that counted them."""
+    key_id, policy, now = group[0].key_id, group[-1].policy, group[-1].now
+    n = len(group)
+    if answer["granted"] == n:  # the common case: no refusal, so no headers to work out
+        return [Ticket(key_id, policy, leases[i] if leases else None) for i in range(n)]
+    budget, period = policy.budget, policy.budget_period
+    if budget is not None and period is not None and answer["spent"] >= budget:
+        start = span_start(period, now)
+        refusal = _limited(
+            "budget",
+            f"the key's budget of {budget} tokens per {period} is spent",
+            span_end(period, start),
+            now,
+            {},
+        )
+        return [refusal] * n
+    out: list[Ticket | errors.RateLimitedError | None] = [None] * n
+    headers: dict[str, str] = {}
+    if policy.rpm is not None or policy.tpm is not None:
+        minute = span_start("minute", now)
+        before, tokens, reset = answer["total"] - n, answer["tokens"], span_end("minute", minute)
+        for i in range(n):
+            own: dict[str, str] = {}
+            position = before + i + 1
+            if policy.rpm is not None:
+                _headers(own, "requests", policy.rpm, policy.rpm - position, reset, now)
+            if policy.tpm is not None:
+                _headers(own, "tokens", policy.tpm, policy.tpm - tokens, reset, now)
+            if policy.rpm is not None and position > policy.rpm:
+                own["x-ratelimit-remaining-requests"] = "0"
+                out[i] = _limited("rpm", f"over {policy.rpm} requests per minute", reset, now, own)
+            elif policy.tpm is not None and tokens >= policy.tpm:
+                out[i] = _limited("tpm", f"over {policy.tpm} tokens per minute", reset, now, own)
+            else:
+                headers = own
+    wanted = [i for i in range(n) if out[i] is None]
+    for rank, i in enumerate(wanted):
+        if rank < answer["granted"]:
+            out[i] = Ticket(key_id, policy, leases[rank] if leases else None)
+        else:
+            out[i] = _limited(
+                "concurrency",
+                f"{policy.concurrency} generations of this key are running already",
+                now + timedelta(seconds=1),
+                now,
+                headers,
+            )
+    return out  # type: ignore[return-value]  # every index is set above
 
 
 def _headers(
@@ -689,7 +811,7 @@ class _Sql:
         self.read = self._p(
             "SELECT tokens FROM key_usage WHERE key_id = ? AND span = ? AND starts_at = ?"
         )
-        self.lock_key = self._p("SELECT id FROM api_keys WHERE id = ? FOR UPDATE")
+        self.batch = "SELECT llmserve_policy_batch(%s::jsonb)"  # PostgreSQL only
         self.add_lease = self._p("INSERT INTO key_leases (id, key_id, expires_at) VALUES (?, ?, ?)")
         self.count_leases = self._p(
             "SELECT count(*) FROM key_leases WHERE key_id = ? AND expires_at >= ?"
