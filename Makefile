@@ -12,12 +12,13 @@ COMPOSE_DEV = $(DOCKER_COMPOSE) -f docker-compose.yml -f docker-compose.dev.yml
 COMPOSE_PROD = $(DOCKER_COMPOSE) -f docker-compose.yml
 
 # Options: `make bake-image MODEL=llama3.2:1b TAG=... PUSH=1`, `make logs SERVICE=api`,
-# `make up-cpu HOST_BIND_IP=0.0.0.0`.
+# `make up-cpu HOST_BIND_IP=0.0.0.0`, `make up-scale N=3`.
 MODEL ?=
 TAG ?=
 PUSH ?=
 SERVICE ?=
 HOST_BIND_IP ?= 127.0.0.1
+N ?= 2
 BAKE_ARGS = $(if $(MODEL),--model '$(MODEL)') $(if $(TAG),--tag '$(TAG)') $(if $(PUSH),--push)
 
 # Point .env (read by Compose) at $(1); refuse to replace a .env that is a real file.
@@ -28,8 +29,8 @@ LINK_ENV = if [ ! -f '$(1)' ]; then echo "$(1) is missing: run 'make setup' firs
 	fi; \
 	ln -sfn '$(1)' .env && echo ".env -> $(1)"
 
-.PHONY: help setup up up-prod up-cpu down logs shell migrate format format-check lint lint-fix \
-	test image-check bake-image
+.PHONY: help setup up up-prod up-scale up-cpu down logs shell migrate format format-check lint lint-fix \
+	typecheck test image-check bake-image
 
 help: ## Show this list of targets
 	@echo "Usage: make <target>"
@@ -50,6 +51,10 @@ up: ## Start the dev stack (.env -> .env.dev, source mounted, hot reload)
 up-prod: ## Start the production stack (.env -> .env.prod, docker-compose.yml alone)
 	@$(call LINK_ENV,.env.prod)
 	$(COMPOSE_PROD) up -d --build
+
+up-scale: ## Production stack with N API replicas (default 2) behind nginx on HOST_BIND_IP:8080
+	@$(call LINK_ENV,.env.prod)
+	$(COMPOSE_PROD) --profile scale up -d --build --scale api-replica=$$(( $(N) - 1 ))
 
 up-cpu: ## No GPU: build the cpu image (llama.cpp, built-in model) and serve it on HOST_BIND_IP:8000
 	$(DOCKER) build -f docker/api.Dockerfile --target cpu -t llmserve-api:cpu .
@@ -78,6 +83,9 @@ lint: ## Lint with ruff
 
 lint-fix: ## Lint with ruff and apply its safe fixes
 	$(POETRY) run ruff check --fix .
+
+typecheck: ## Type-check the package with mypy --strict (settings in pyproject.toml)
+	$(POETRY) run mypy
 
 test: ## Run the test suite
 	$(POETRY) run pytest

@@ -38,7 +38,7 @@ check() {
 make_dry_runs() {
     local target output
     for target in help setup up up-prod up-cpu down logs shell migrate format format-check \
-        lint lint-fix test image-check bake-image; do
+        lint lint-fix typecheck test image-check bake-image; do
         if ! output=$(make --no-print-directory --warn-undefined-variables -n "$target" 2>&1); then
             printf '%s\nmake -n %s failed\n' "$output" "$target" >&2
             return 1

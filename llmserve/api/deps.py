@@ -18,19 +18,20 @@ from llmserve.services.models import ModelService
 def runtime_of(request: Request) -> Runtime:
     """For the generation routes, which skip dependency injection: FastAPI's dependency
     resolution was a tenth of a request's CPU there (issue 8's profile)."""
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    runtime: Runtime = request.app.state.runtime  # set by the app's lifespan
+    return runtime
 
 
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    return runtime_of(request)
 
 
 async def get_generation(request: Request) -> GenerationService:
-    return request.app.state.runtime.generation  # type: ignore[no-any-return]
+    return runtime_of(request).generation
 
 
 async def get_models(request: Request) -> ModelService:
-    return request.app.state.runtime.models  # type: ignore[no-any-return]
+    return runtime_of(request).models
 
 
 async def get_actor(request: Request) -> str:

@@ -54,7 +54,9 @@ class DrainBeforeShutdown:
             # with a 503 instead of uvicorn's 500, unless the response has already begun.
             if not await _try_send_shutting_down(scope, send):
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            assert task is not None  # a request is served in a task of its own
+            task.uncancel()
         finally:
             self.running -= 1
             if not self.running:

@@ -19,12 +19,14 @@ from llmserve.services.keys import Principal
 
 
 def runtime_in(scope: Scope) -> Runtime:
-    return scope["app"].state.runtime
+    runtime: Runtime = scope["app"].state.runtime  # set by the app's lifespan
+    return runtime
 
 
 def key_in(scope: Scope) -> Principal | None:
     """The request's API key (None when AUTH_REQUIRED=false): whose limits apply."""
-    return scope.get("state", {}).get("principal")  # type: ignore[no-any-return]
+    principal: Principal | None = scope.get("state", {}).get("principal")  # set by AuthMiddleware
+    return principal
 
 
 async def run_generation(

@@ -74,7 +74,7 @@ def _route_native_log(llama_cpp: ModuleType) -> Any:
     # llama-cpp-python's own callback print()s to stderr; ours goes through logging instead.
     last = [logging.DEBUG]
 
-    @llama_cpp.llama_log_callback
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes callback type
     def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         levelno = last[0] if level == 5 else _NATIVE_LEVELS.get(level, logging.DEBUG)
         last[0] = levelno
@@ -108,7 +108,8 @@ def extra_buffer_types(enabled: bool | None = None) -> Iterator[None]:
         yield
         return
     bindings = importlib.import_module("llama_cpp.llama_cpp")
-    original = bindings.llama_model_default_params
+    factory = "llama_model_default_params"  # patched by name: a ctypes binding, not a variable
+    original = getattr(bindings, factory)
 
     def without_extra_buffers() -> Any:
         params = original()
@@ -117,11 +118,11 @@ def extra_buffer_types(enabled: bool | None = None) -> Iterator[None]:
         return params
 
     with _load_lock:
-        bindings.llama_model_default_params = without_extra_buffers
+        setattr(bindings, factory, without_extra_buffers)
         try:
             yield
         finally:
-            bindings.llama_model_default_params = original
+            setattr(bindings, factory, original)
 
 
 def load_llama(
@@ -259,7 +260,8 @@ def sample_tokens(
     }
     if grammar is not None:
         return constrained_tokens(llama, tokens, grammar, sampling)
-    return llama.generate(tokens, **sampling)
+    generated: Generator[int, Any, None] = llama.generate(tokens, **sampling)
+    return generated
 
 
 def _or(value: Any, default: Any) -> Any:

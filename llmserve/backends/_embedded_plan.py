@@ -84,9 +84,9 @@ def plan(model: str, request: GenerationRequest, n_ctx: int) -> Plan:
     window = min(options.num_ctx or n_ctx, n_ctx)
     forced = forced_schema(request)
     if forced is not None:
-        grammar = schema_grammar(model, forced)
+        tool_grammar = schema_grammar(model, forced)
         request = replace(request, messages=forced_messages(request))
-        return Plan(request, grammar, True, window)
+        return Plan(request, tool_grammar, True, window)
     response_format = request.response_format
     grammar = None
     if response_format is not None and response_format.kind != "text":

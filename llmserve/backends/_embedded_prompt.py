@@ -91,7 +91,7 @@ class PromptBuilder:
         """The prompt for ``request.messages``, ending with an open model turn."""
         conversation = turns(request.messages)
         if self._formatter is not None:
-            return self._templated(conversation)
+            return self._templated(self._formatter, conversation)
         return self._gemma(without_system(conversation))
 
     def _gemma(self, conversation: list[Turn]) -> list[int]:
@@ -115,9 +115,10 @@ class PromptBuilder:
             tokens += tokenize(control.encode(), add_bos=not tokens, special=True)
             control = ""
             tokens += tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False)
-        return tokens + tokenize(control.encode(), add_bos=not tokens, special=True)
+        tail: list[int] = tokenize(control.encode(), add_bos=not tokens, special=True)
+        return tokens + tail
 
-    def _templated(self, conversation: list[Turn]) -> list[int]:
+    def _templated(self, formatter: Any, conversation: list[Turn]) -> list[int]:
         attempts = [conversation]
         if any(role == "system" for role, _ in conversation):
             # Some templates refuse a system role (raise_exception); merge it into the turn.
@@ -126,14 +127,15 @@ class PromptBuilder:
         for attempt in attempts:
             messages = [{"role": role, "content": text} for role, text in attempt]
             try:
-                rendered = self._formatter(messages=messages).prompt  # type: ignore[misc]
+                rendered = formatter(messages=messages).prompt
             except Exception as exc:  # noqa: BLE001 - jinja2 raises anything a template does
                 problem = exc
                 continue
             # Templates write the BOS token themselves, as llama-cpp-python assumes.
-            return self._llama.tokenize(
+            templated: list[int] = self._llama.tokenize(
                 rendered.encode("utf-8", "replace"), add_bos=False, special=True
             )
+            return templated
         raise errors.BackendError(f"the model's chat template failed: {problem}")
 
 
@@ -146,7 +148,8 @@ def _jinja_formatter(llama: Any, template: str) -> Any:
     def text(token: int) -> str:
         if token < 0:
             return ""
-        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", "replace")
+        piece: bytes = llama_cpp.llama_vocab_get_text(vocab, token)
+        return piece.decode("utf-8", "replace")
 
     return Jinja2ChatFormatter(
         template=template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos())

@@ -147,6 +147,10 @@ class ForcedToolStream:
     def tokens_received(self) -> int:
         return self._inner.tokens_received
 
+    @tokens_received.setter  # the protocol's attribute is settable
+    def tokens_received(self, value: int) -> None:
+        self._inner.tokens_received = value
+
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
 
@@ -180,10 +184,10 @@ class ForcedToolStream:
             name = choice.name or ""
             return ToolCall(new_call_id(), name, parse_arguments(text, name))
         value = parse_arguments(text, "a function")
-        name, arguments = value.get("name"), value.get("arguments", {})
-        if not isinstance(name, str) or not isinstance(arguments, dict):
+        chosen, arguments = value.get("name"), value.get("arguments", {})
+        if not isinstance(chosen, str) or not isinstance(arguments, dict):
             raise errors.BackendStreamError("the model's forced tool call has the wrong shape")
-        return ToolCall(new_call_id(), name, arguments)
+        return ToolCall(new_call_id(), chosen, arguments)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

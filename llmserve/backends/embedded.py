@@ -34,7 +34,7 @@ from llmserve.backends import _embedded_files as files
 from llmserve.backends import _embedded_vectors as vectors
 from llmserve.backends._embedded_engine import Engine, import_llama_cpp, load_llama
 from llmserve.backends._embedded_plan import plan
-from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob
+from llmserve.backends._embedded_stream import EmbeddedStream, GenerationJob, _Item
 from llmserve.backends._gguf import read_metadata
 from llmserve.backends._ollama_only import refuse_embedding_fields
 from llmserve.backends._tools import ForcedToolStream
@@ -151,7 +151,7 @@ class EmbeddedBackend:
             raise errors.ModelNotFoundError(f"model '{model}' not found locally")
         planned = plan(model, request, self._engine.n_ctx)  # refusals: before any work
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         job = GenerationJob(self._engine, found.path, planned, loop, queue)
         done = self._submit(job.run)
         self._jobs.add(job)

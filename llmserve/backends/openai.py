@@ -422,5 +422,7 @@ def _model_info(item: dict[str, Any]) -> ModelInfo:
     modified_at = None
     if isinstance(created, int | float) and created > 0:
         modified_at = datetime.fromtimestamp(created, UTC)
-    details = {key: item[key] for key in ("owned_by", "max_model_len") if key in item}
+    details: dict[str, object] = {
+        key: item[key] for key in ("owned_by", "max_model_len") if key in item
+    }
     return ModelInfo(name=str(item["id"]), modified_at=modified_at, details=details)

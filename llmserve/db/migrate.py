@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -16,7 +17,7 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
-def alembic_config(url: str, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(url: str, stdout: TextIO | None = None) -> Config:
     config = Config(output_buffer=stdout, stdout=stdout) if stdout is not None else Config()
     config.set_main_option("script_location", str(migrations_dir()))
     # ConfigParser treats % as interpolation; URLs may contain %-escapes.

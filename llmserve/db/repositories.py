@@ -6,7 +6,21 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Row, Select, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Executable,
+    Row,
+    Select,
+    Table,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from llmserve.db.tables import (
@@ -22,7 +36,7 @@ from llmserve.db.tables import (
 ACTIVE_MODEL_KEY = "active_model"
 
 
-def setting_query(key: str) -> Select[tuple[str]]:
+def setting_query(key: str) -> Select[str]:
     return select(SettingRecord.value).where(SettingRecord.key == key)
 
 
@@ -32,15 +46,21 @@ def get_setting(session: Session | Connection, key: str) -> str | None:
 
 def set_setting(session: Session, key: str, value: str) -> None:
     """Insert or update one setting in one statement; concurrent writers: the last one wins."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
     now = utcnow()
-    statement = upsert(SettingRecord).values(key=key, value=value, updated_at=now)
-    statement = statement.on_conflict_do_update(
-        index_elements=[SettingRecord.key], set_={"value": value, "updated_at": now}
-    )
+    row = {"key": key, "value": value, "updated_at": now}
+    changes = {"value": value, "updated_at": now}
+    keys = [SettingRecord.key]
+    statement: Executable
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(SettingRecord).values(row)
+        statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(SettingRecord).values(row)
+        statement = statement.on_conflict_do_update(index_elements=keys, set_=changes)
     session.execute(statement)
 
 
@@ -52,12 +72,15 @@ def insert_request_logs(session: Session, rows: Iterable[Mapping[str, Any]]) -> 
     if not rows:
         return
     table = RequestLogRecord.__table__
+    assert isinstance(table, Table)  # a mapped class's table: narrows FromClause for the checker
     if session.get_bind().dialect.name != "postgresql":
         session.execute(insert(table), rows)
         return
     columns = [column.name for column in table.columns if not column.primary_key]
     copy_sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver = session.connection().connection.driver_connection
+    assert driver is not None  # a checked-out connection holds its driver's
+    cursor = driver.cursor()
     with cursor, cursor.copy(copy_sql) as copy:
         defaults = {"completion_tokens": 0, "created_at": utcnow()}
         for row in rows:
@@ -98,7 +121,8 @@ def ping(session: Session) -> None:
 def schema_revision(session: Session) -> str | None:
     """The Alembic revision the database is at, or None when it was never migrated."""
     try:
-        return session.scalar(text("SELECT version_num FROM alembic_version"))
+        revision: str | None = session.scalar(text("SELECT version_num FROM alembic_version"))
+        return revision
     except Exception:  # noqa: BLE001 - a missing table means "not migrated"
         session.rollback()
         return None
@@ -276,7 +300,8 @@ def delete_request_logs_before(session: Session, cutoff: datetime) -> int:
     """Delete the rows created before ``cutoff``; return how many went."""
     statement = delete(RequestLogRecord).where(RequestLogRecord.created_at < cutoff)
     result = session.execute(statement.execution_options(synchronize_session=False))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    assert isinstance(result, CursorResult)  # a DML statement's result has a row count
+    return int(result.rowcount)
 
 
 # -- Key policy: what each key has used of its limits now (``keys list``, ``stats --by key``) ----

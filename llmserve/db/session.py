@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
             cursor = dbapi_connection.cursor()
             # WAL lets the server read while another process (the CLI) writes.
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -43,7 +43,7 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def compiled(engine: Engine, statement: Executable) -> str:
+def compiled(engine: Engine, statement: ClauseElement) -> str:
     """``statement`` as SQL text for ``engine``'s dialect, its values written in (only for
     statements whose values are the program's own constants, never user input)."""
     return str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
@@ -84,10 +84,12 @@ class HeldConnection:
         """
 
         def fetch(connection: Connection) -> tuple[Any, ...] | None:
-            cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            dbapi = connection.connection.dbapi_connection
+            assert dbapi is not None  # a checked-out connection holds its driver's
+            cursor = dbapi.cursor()
             try:
                 cursor.execute(sql)
-                return cursor.fetchone()  # type: ignore[no-any-return]
+                return cursor.fetchone()
             except (psycopg.Error, sqlite3.Error) as exc:
                 # The driver's own error, as SQLAlchemy's: callers catch SQLAlchemyError.
                 raise OperationalError(sql, None, exc) from exc

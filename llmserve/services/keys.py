@@ -32,7 +32,7 @@ from llmserve import errors
 from llmserve.db import repositories
 from llmserve.db.session import HeldConnection, compiled
 from llmserve.db.tables import ApiKeyRecord
-from llmserve.services.policy import KeyPolicy
+from llmserve.services.policy import PERIODS, KeyPolicy, Period
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,11 @@ def _cached(record: ApiKeyRecord | Any) -> _CachedKey:
     )
 
 
+def _period(stored: str | None) -> Period | None:
+    """A stored budget period (written from a KeyPolicy: one of PERIODS), as its type."""
+    return next((period for period in PERIODS if period == stored), None)
+
+
 def policy_of(record: ApiKeyRecord | Any) -> KeyPolicy | None:
     """The key's policy from its record or row; None when it has neither limits nor models."""
     models = tuple(m for m in (record.allowed_models or "").split(",") if m)
@@ -298,7 +303,7 @@ def policy_of(record: ApiKeyRecord | Any) -> KeyPolicy | None:
         tpm=record.tpm,
         concurrency=record.concurrency,
         budget=record.budget_tokens,
-        budget_period=record.budget_period if record.budget_tokens is not None else None,
+        budget_period=_period(record.budget_period) if record.budget_tokens is not None else None,
         models=models,
     )
     return policy if policy.counted or policy.models else None

@@ -29,6 +29,7 @@ TARGETS = [
     "format-check",
     "lint",
     "lint-fix",
+    "typecheck",
     "test",
     "image-check",
     "bake-image",
