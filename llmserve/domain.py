@@ -253,6 +253,8 @@ class ModelInfo:
     modified_at: datetime | None = None
     digest: str | None = None
     details: dict[str, object] = field(default_factory=dict)
+    #: The backend servers that have it (their base URLs as configured), where known.
+    backends: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

@@ -13,12 +13,18 @@ does) or scrape each worker's port if you need exact totals.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmserve.services.request_log import RequestLogRow
+
+if TYPE_CHECKING:
+    from llmserve.backends._servers import BackendServer
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -95,6 +101,11 @@ class Metrics:
         self.in_flight.set_function(running)
         self.queued.set_function(queued)
 
+    def follow_backends(self, servers: Sequence[BackendServer]) -> None:
+        """Several backend servers: their health, in-flight generations, generations, errors
+        and failovers, labelled ``backend`` (the base URL as configured), read at scrape time."""
+        self.registry.register(_BackendCollector(servers))
+
     def generation_ended(self, row: RequestLogRow, error_code: str | None) -> None:
         self.generations.labels(row.route, row.status).inc()
         self.generation_seconds.labels(row.route).observe(row.duration_ms / 1000.0)
@@ -111,6 +122,46 @@ class Metrics:
                 self.backend_up.set(0)
         elif row.status == "ok":
             self.backend_up.set(1)
+
+
+class _BackendCollector(Collector):
+    def __init__(self, servers: Sequence[BackendServer]) -> None:
+        self._servers = servers
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "llmserve_backend_server_up",
+            "1 while the backend server is in rotation, 0 while its circuit breaker is open",
+            labels=["backend"],
+        )
+        in_flight = GaugeMetricFamily(
+            "llmserve_backend_server_in_flight",
+            "Generations running on the backend server now",
+            labels=["backend"],
+        )
+        generations = CounterMetricFamily(
+            "llmserve_backend_server_generations",
+            "Generations and embeddings routed to the backend server",
+            labels=["backend"],
+        )
+        failures = CounterMetricFamily(
+            "llmserve_backend_server_errors",
+            "Failures of the backend server by kind (failed probes: probe_failed)",
+            labels=["backend", "kind"],
+        )
+        failovers = CounterMetricFamily(
+            "llmserve_backend_server_failovers",
+            "Requests moved to another server after this one failed before any output",
+            labels=["backend"],
+        )
+        for server in self._servers:
+            up.add_metric([server.url], 1.0 if server.up else 0.0)
+            in_flight.add_metric([server.url], server.in_flight)
+            generations.add_metric([server.url], server.generations)
+            failovers.add_metric([server.url], server.failovers)
+            for kind, count in sorted(server.errors.items()):
+                failures.add_metric([server.url, kind], count)
+        yield from (up, in_flight, generations, failures, failovers)
 
 
 class HttpMetricsMiddleware:

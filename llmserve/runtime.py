@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve.backends.base import Backend
 from llmserve.backends.factory import create_backend, http_client
+from llmserve.backends.pool import BackendPool
 from llmserve.db import migrate
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.metrics import Metrics
@@ -77,6 +78,8 @@ class Runtime:
         self.backend = create_backend(settings, client)
         stack.push_async_callback(self.backend.aclose)
         await self.backend.start()
+        if isinstance(self.backend, BackendPool):
+            self.metrics.follow_backends(self.backend.servers)
         self.request_log = RequestLogWriter(self.sessions, capacity=settings.REQUEST_LOG_BUFFER)
         self.request_log.on_drop = self.metrics.log_rows_dropped.inc
         self.request_log.start()
@@ -87,10 +90,8 @@ class Runtime:
         await self.active_model.start(follow=self._follow)
         stack.push_async_callback(self.active_model.stop)
         admission = Admission(
-            min(
-                settings.MAX_CONCURRENT_GENERATIONS,
-                self.backend.max_concurrency or settings.MAX_CONCURRENT_GENERATIONS,
-            ),
+            # Several backend servers: MAX_CONCURRENT_GENERATIONS each (the pool's own limit).
+            self.backend.max_concurrency or settings.MAX_CONCURRENT_GENERATIONS,
             settings.MAX_QUEUED_GENERATIONS,
             settings.QUEUE_TIMEOUT_S,
         )
@@ -111,6 +112,7 @@ class Runtime:
             self.active_model,
             self.sessions,
             validate_names=settings.LLM_BACKEND == "ollama",
+            servers=settings.backend_urls,
         )
         self.generation = GenerationService(
             self.backend,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -41,6 +41,23 @@ def _check_http_url(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"has an invalid port ({exc})") from None
     return value.rstrip("/")
+
+
+def _check_url_list(value: str) -> str:
+    """One URL, or several separated by commas (several backend servers); each checked, none
+    twice. Returned with the spaces around the commas removed."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(parts):
+        raise ValueError("has an empty entry in its comma-separated list")
+    urls = [_check_http_url(part) for part in parts]
+    if len(set(urls)) != len(urls):
+        raise ValueError("lists the same server twice")
+    return ",".join(urls)
+
+
+def split_urls(value: str | None) -> list[str]:
+    """The servers of a (validated) ``OLLAMA_BASE_URL`` / ``OPENAI_BASE_URL`` value."""
+    return value.split(",") if value else []
 
 
 class Settings(BaseSettings):
@@ -87,6 +104,7 @@ class Settings(BaseSettings):
     MAX_IMAGE_BYTES: int = Field(20_000_000, ge=1)
     POLICY_FAIL_MODE: Literal["open", "closed"] = "open"
     POLICY_LEASE_S: float = Field(30.0, ge=1)
+    BACKEND_HEALTH_INTERVAL_S: float = Field(5.0, gt=0)
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -100,7 +118,9 @@ class Settings(BaseSettings):
     @field_validator("OLLAMA_BASE_URL", "OPENAI_BASE_URL")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value.strip())
+        if value is None:
+            return None
+        return _check_url_list(value) if "," in value else _check_http_url(value.strip())
 
     @field_validator(
         "BUILT_IN_OLLAMA_MODEL",
@@ -147,6 +167,15 @@ class Settings(BaseSettings):
             raise SettingsError(f"invalid setting EMBEDDED_MODEL_PATH: {path} is not a file")
 
     @property
+    def backend_urls(self) -> list[str]:
+        """The backend servers as configured (base URLs, in order); [] for the embedded engine."""
+        if self.LLM_BACKEND == "ollama":
+            return split_urls(self.OLLAMA_BASE_URL)
+        if self.LLM_BACKEND == "openai":
+            return split_urls(self.OPENAI_BASE_URL)
+        return []
+
+    @property
     def is_sqlite(self) -> bool:
         return self.DATABASE_URL.startswith("sqlite")
 
@@ -155,10 +184,10 @@ class Settings(BaseSettings):
         return self.HOST_BIND_IP in LOOPBACK_HOSTS
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Build Settings from the environment (and ``env_file``), or raise ``SettingsError``."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
 
@@ -172,7 +201,7 @@ def requested_log_format(env_file: str | Path | None = ".env") -> Literal["text"
     """``LOG_FORMAT`` alone ("text" when unset or invalid): the format in which to report that
     the other settings are invalid, so that a container asked for JSON logs gets JSON."""
     try:
-        return _LogFormatOnly(_env_file=env_file).LOG_FORMAT  # type: ignore[call-arg]
+        return _LogFormatOnly(_env_file=env_file).LOG_FORMAT
     except ValidationError:
         return "text"
 

@@ -2,9 +2,12 @@
 
 * names are validated with Ollama's rules before any backend call (``names.parse``);
 * the built-in model can never be deleted (403), the active one not before a switch (409);
-* a switch checks the backend's installed models first (404 "not found locally"), then writes
-  the database (last writer wins), updates this process at once and warms the model in the
-  background; other processes follow within ``ACTIVE_MODEL_REFRESH_S``;
+* a switch checks the backend's installed models first (404 "not found locally"; 503 when only
+  a backend server out of rotation has it), then writes the database (last writer wins),
+  updates this process at once and warms the model in the background; other processes follow
+  within ``ACTIVE_MODEL_REFRESH_S``;
+* with several backend servers, every list says where each model lives (``backends``), and pull
+  and delete act on every server or on the one ``server`` names;
 * copy and create never write over the built-in model (403);
 * every pull, delete, switch, copy and create leaves an audit row: who, what, when, outcome.
 """
@@ -12,10 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors, names
 from llmserve.backends.base import Backend
+from llmserve.backends.pool import BackendPool
 from llmserve.db import repositories
 from llmserve.domain import ModelCard, ModelInfo, PullProgress, RunningModel
 from llmserve.services.active_model import ActiveModelService
@@ -57,8 +62,11 @@ class ModelService:
         sessions: sessionmaker[Session],
         *,
         validate_names: bool = True,
+        servers: list[str] | None = None,
     ) -> None:
         self._backend = backend
+        #: Where a lone backend's models live (its base URL as configured), for the lists.
+        self._home = tuple(servers or ()) if len(servers or ()) == 1 else ()
         self._active = active_model
         self._sessions = sessions
         self._validate_names = validate_names
@@ -87,7 +95,11 @@ class ModelService:
         active, built_in = self.active, self.built_in
         return [
             ModelEntry(
-                info=model,
+                info=(
+                    model
+                    if model.backends or not self._home
+                    else replace(model, backends=self._home)
+                ),
                 active=names.same_model(model.name, active),
                 built_in=names.same_model(model.name, built_in),
             )
@@ -114,7 +126,7 @@ class ModelService:
             )
         return found.name
 
-    async def _installed(self, fresh_after: float) -> list[ModelInfo]:
+    async def _installed(self, fresh_after: float) -> builtins.list[ModelInfo]:
         """The installed models as read at or after ``fresh_after``.
 
         Concurrent callers share one backend read (a slow backend is asked once, not once per
@@ -131,17 +143,21 @@ class ModelService:
             reading = self._installed_read = (started, task)
         return await asyncio.shield(reading[1])
 
-    async def _read_installed(self, started: float) -> list[ModelInfo]:
+    async def _read_installed(self, started: float) -> builtins.list[ModelInfo]:
         models = await self._backend.list_models()
         self._installed_cache = (started, models)
         return models
 
-    async def pull(self, name: str, *, actor: str) -> AsyncIterator[PullProgress]:
-        """Pull ``name``, yielding progress; the last item has status ``success``."""
+    async def pull(
+        self, name: str, *, actor: str, server: str | None = None
+    ) -> AsyncIterator[PullProgress]:
+        """Pull ``name`` (on every backend server, or the one ``server`` names), yielding
+        progress; the last item has status ``success``."""
         self.validate(name)
+        backend = self._on(server)
         outcome, detail = "error", None
         try:
-            async for progress in self._backend.pull(name):
+            async for progress in backend.pull(name):
                 if progress.status == "success":
                     outcome = "ok"  # installed, whether or not the client reads this
                 yield progress
@@ -155,8 +171,11 @@ class ModelService:
         finally:
             await self._audit(actor, "pull", name, outcome, detail)
 
-    async def delete(self, name: str, *, actor: str) -> None:
+    async def delete(self, name: str, *, actor: str, server: str | None = None) -> None:
+        """Delete ``name`` (from every backend server that has it, or the one ``server``
+        names)."""
         self.validate(name)
+        backend = self._on(server)
         try:
             if names.same_model(name, self.built_in):
                 raise errors.ModelProtectedError(
@@ -166,10 +185,10 @@ class ModelService:
                 raise errors.ModelInUseError(
                     f"model '{name}' is the active model; switch to another model first"
                 )
-            installed = find_installed(name, await self._backend.list_models())
+            installed = find_installed(name, await backend.list_models())
             if installed is None:
                 raise errors.ModelNotFoundError(f"model '{name}' not found locally")
-            await self._backend.delete(installed.name)
+            await backend.delete(installed.name)
         except errors.LlmserveError as exc:
             await self._audit(actor, "delete", name, _outcome(exc), exc.detail)
             raise
@@ -180,6 +199,9 @@ class ModelService:
         self.validate(name)
         try:
             installed = find_installed(name, await self._backend.list_models())
+            away = self._only_away(name) if installed is None else None
+            if away is not None:
+                raise away
             if installed is None:
                 raise errors.ModelNotFoundError(f"model '{name}' not found locally; pull it first")
             await self._store_active(installed.name)
@@ -206,7 +228,7 @@ class ModelService:
         self.validate(name)
         return await self._backend.show(await self.resolve(name), verbose=verbose)
 
-    async def running(self) -> list[RunningModel]:
+    async def running(self) -> builtins.list[RunningModel]:
         """The models the backend holds in memory now."""
         return await self._backend.running_models()
 
@@ -251,6 +273,36 @@ class ModelService:
             raise
         finally:
             await self._audit(actor, "create", name, outcome, detail)
+
+    def _on(self, server: str | None) -> Backend:
+        """The backend of the server ``server`` names (a configured base URL); all of them
+        when None."""
+        if server is None:
+            return self._backend
+        if isinstance(self._backend, BackendPool):
+            found = self._backend.server(server)
+            if found is not None:
+                if not found.up:
+                    raise errors.BackendUnavailableError(
+                        f"backend server {found.url} is unavailable: {found.status()}",
+                        retry_after=self._backend.retry_after(),
+                    )
+                return found.backend
+            known = [s.url for s in self._backend.servers]
+        else:
+            if self._home and server.strip().rstrip("/") == self._home[0]:
+                return self._backend
+            known = list(self._home)
+        raise errors.InvalidRequestError(
+            f"no backend server {server!r} is configured; the servers are: "
+            + (", ".join(known) or "none (the embedded engine)")
+        )
+
+    def _only_away(self, name: str) -> errors.LlmserveError | None:
+        """503 for a model that only backend servers out of rotation have."""
+        if isinstance(self._backend, BackendPool):
+            return self._backend.unavailable_with(name)
+        return None
 
     def _refuse_overwriting_built_in(self, name: str) -> None:
         if names.same_model(name, self.built_in):

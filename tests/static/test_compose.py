@@ -30,7 +30,8 @@ def _test_command(service: dict[str, Any]) -> str:
 
 
 def test_the_three_services(services):
-    assert set(services) == {"api", "db", "ollama"}
+    # Besides the replicas and nginx of the "scale" profile (tests/e2e/test_nginx_replicas.py).
+    assert {name for name, s in services.items() if "profiles" not in s} == {"api", "db", "ollama"}
 
 
 def test_api_is_published_on_host_bind_ip_port_8000_only(services):
