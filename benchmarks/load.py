@@ -18,12 +18,16 @@ the server's memory grows. Scenarios:
 * ``ollama chat``: the same conversation through llmserve's Ollama API, ``/api/chat`` on both
   sides (the same request an Ollama client sends), NDJSON in and out, at 1, 16, 64 and at 16
   with 20 ms/token;
+* ``openai chat``, ``anthropic messages``, ``openai responses``: the same conversation streamed
+  through ``/v1/chat/completions``, ``/v1/messages`` and ``/v1/responses`` (direct: the double's
+  ``/api/chat``), at 1 and 64: the three faces side by side, for their server CPU per token;
 * ``limited key``: non-stream and stream generate at 16 with a key that has every limit (rpm,
   tpm, concurrency, a monthly budget, allowed models), all too high to be reached: against the
   same rows with the plain key, the cost of the key policy per request.
 
     .venv/bin/python benchmarks/load.py            # full run, about 7 minutes
     .venv/bin/python benchmarks/load.py --quick    # smoke run, a few seconds of load
+    .venv/bin/python benchmarks/load.py --only "openai chat" --only messages --only responses
 
 Server CPU is utime+stime of the ``llmserve serve`` process from ``/proc/<pid>/stat`` before and
 after each llmserve segment, divided by the segment's requests (and by the 64 chunks each answer
@@ -142,6 +146,8 @@ TOOLS = [
     },
 ]
 CONTENT_MARK = '"content":" tok"'  # a text token in /api/chat lines and OpenAI chat chunks
+MESSAGES_MARK = '"text":" tok"'  # in Anthropic's text_delta events
+RESPONSES_MARK = '"delta":" tok"'  # in the Responses API's output_text.delta events
 APIS = {
     "generate": Api(
         "/api/generate",
@@ -174,6 +180,30 @@ APIS = {
         "/api/chat",
         {"model": MODEL, "messages": CONVERSATION},
         CONTENT_MARK,
+    ),
+    "openai": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+    ),
+    "messages": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 1000, "system": SYSTEM, "messages": CONVERSATION[1:]},
+        MESSAGES_MARK,
+    ),
+    "responses": Api(
+        "/api/chat",
+        {"model": MODEL, "messages": CONVERSATION},
+        CONTENT_MARK,
+        "/v1/responses",
+        {"model": MODEL, "instructions": SYSTEM, "input": CONVERSATION[1:]},
+        RESPONSES_MARK,
     ),
 }
 
@@ -211,6 +241,12 @@ SCENARIOS = [
     Scenario("ollama chat c=16", True, 16, api="ollama"),
     Scenario("ollama chat c=64", True, 64, api="ollama"),
     Scenario("ollama chat c=16, 20 ms/token", True, 16, "step", api="ollama"),
+    Scenario("openai chat c=1", True, 1, api="openai"),
+    Scenario("openai chat c=64", True, 64, api="openai"),
+    Scenario("anthropic messages c=1", True, 1, api="messages"),
+    Scenario("anthropic messages c=64", True, 64, api="messages"),
+    Scenario("openai responses c=1", True, 1, api="responses"),
+    Scenario("openai responses c=64", True, 64, api="responses"),
 ]
 
 
@@ -373,6 +409,10 @@ def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
             elif name == "ollama":
                 got = r.text.count(CONTENT_MARK)
                 ok = got == TOKENS and '"done":true' in r.text.splitlines()[-1]
+            elif name in ENDS:
+                got = r.text.count(APIS[name].mark)
+                last = r.text.rstrip("\n").rsplit("\n\n", 1)[-1]
+                ok = got == TOKENS and last.startswith(ENDS[name])
             else:
                 got = r.text.count('data: {"response":')
                 ok = got == TOKENS and r.text.endswith("data: {}\n\n")
@@ -387,6 +427,14 @@ def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
         p.raise_for_status()
         if d["response"] != " tok" * TOKENS or p.json().get("response") != " tok" * TOKENS:
             raise RuntimeError(f"non-stream answers differ: {d!r} / {p.text[:300]}")
+
+
+#: How the last event of a good stream of the other faces starts.
+ENDS = {
+    "openai": "data: [DONE]",
+    "messages": "event: message_stop",
+    "responses": "event: response.completed",
+}
 
 
 def command(sc: Scenario, side: str, target: dict[str, Any]) -> dict[str, Any]:
@@ -507,10 +555,13 @@ def main() -> None:
         help="the servers' MAX_CONCURRENT_GENERATIONS (default 64)",
     )
     parser.add_argument(
-        "--only", default="", help="run only the scenarios whose name contains this text"
+        "--only",
+        action="append",
+        default=[],
+        help="run only the scenarios whose name contains this text (repeat for more)",
     )
     args = parser.parse_args()
-    scenarios = [sc for sc in SCENARIOS if args.only in sc.name]
+    scenarios = [sc for sc in SCENARIOS if not args.only or any(o in sc.name for o in args.only)]
     if not scenarios:
         parser.error(f"no scenario name contains {args.only!r}")
     # Memory is read on the burst server, so it always runs; in DOUBLES' order.

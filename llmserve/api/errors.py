@@ -1,10 +1,12 @@
 """Every error body the API sends, built from the one registry (``llmserve/errors.py``).
 
-Three envelopes, chosen by the path (:func:`face_of`): the native ``{"detail", "code"}``
+Four envelopes, chosen by the path (:func:`face_of`): the native ``{"detail", "code"}``
 (:func:`error_body`), OpenAI's ``{"error": {"message", "type", "param", "code"}}``
-(:func:`openai_error_body`) on the ``/v1/`` routes, and Ollama's ``{"error": "…"}``
-(:func:`ollama_error_body`) on Ollama's own routes (``/`` and ``/api/…`` outside
-``/api/v1/``), so an Ollama client reads every refusal, auth and limits included. Three ways
+(:func:`openai_error_body`) on the ``/v1/`` routes (``/v1/responses`` included), Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` (:func:`anthropic_error_body`) on
+``/v1/messages…``, and Ollama's ``{"error": "…"}`` (:func:`ollama_error_body`) on Ollama's own
+routes (``/`` and ``/api/…`` outside ``/api/v1/``), so every client reads every refusal in its
+own language, auth and limits included. Three ways
 out: a response for routes and exception handlers
 (:func:`error_response`), raw ASGI for the middlewares that answer before the app does
 (:func:`send_error`), and one SSE event after the first streamed byte (``api/sse.py`` and
@@ -35,9 +37,22 @@ from llmserve import errors
 OPENAI_PREFIX = "/v1/"
 #: The native API's paths; every other ``/api/`` path is Ollama's.
 NATIVE_PREFIX = "/api/v1/"
+#: Anthropic's Messages API (``/v1/messages`` and ``/v1/messages/count_tokens``).
+ANTHROPIC_PATH = "/v1/messages"
 
-#: Who a path speaks to: llmserve's native clients, OpenAI's, or Ollama's.
-Face = Literal["native", "openai", "ollama"]
+#: Who a path speaks to: llmserve's native clients, OpenAI's, Anthropic's, or Ollama's.
+Face = Literal["native", "openai", "anthropic", "ollama"]
+
+#: Anthropic's error ``type`` for each status (any other: ``invalid_request_error`` below 500,
+#: ``api_error`` from 500). 529 is the status Anthropic gives an engine at capacity.
+ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 #: The error type of each status the framework (Starlette, FastAPI) answers on its own.
 FRAMEWORK_ERRORS: dict[int, type[errors.LlmserveError]] = {
@@ -53,7 +68,10 @@ FRAMEWORK_ERRORS: dict[int, type[errors.LlmserveError]] = {
 OpenAIBody = dict[str, dict[str, str | None]]
 
 
-def status_for(error: errors.LlmserveError) -> int:
+def status_for(error: errors.LlmserveError, face: Face = "native") -> int:
+    """The error's status; on Anthropic's face an engine at capacity is 529, as there."""
+    if face == "anthropic" and isinstance(error, errors.BackendBusyError):
+        return 529
     return error.status
 
 
@@ -69,6 +87,8 @@ def is_ollama_path(path: str) -> bool:
 
 
 def face_of(path: str) -> Face:
+    if path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+        return "anthropic"
     if is_openai_path(path):
         return "openai"
     return "ollama" if is_ollama_path(path) else "native"
@@ -104,20 +124,39 @@ def openai_error_body(error: errors.LlmserveError) -> OpenAIBody:
     return openai_envelope(error.detail, error.openai_type, None, error.openai_code or error.code)
 
 
+def responses_error(error: errors.LlmserveError) -> dict[str, str]:
+    """The ``error`` of a failed Responses API response, and of its stream's ``error`` event."""
+    return {"code": error.openai_code or error.code, "message": error.detail}
+
+
 def ollama_error_body(error: errors.LlmserveError) -> dict[str, str]:
     """Ollama's body: ``{"error": "<message>"}`` and nothing else."""
     return {"error": error.detail}
 
 
+def anthropic_envelope(message: str, type_: str) -> dict[str, Any]:
+    """Anthropic's error body, for errors that are not an llmserve type (validation)."""
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def anthropic_error_body(error: errors.LlmserveError) -> dict[str, Any]:
+    """Anthropic's body for ``error``: the ``type`` its status has there."""
+    status = status_for(error, "anthropic")
+    fallback = "invalid_request_error" if status < 500 else "api_error"
+    return anthropic_envelope(error.detail, ANTHROPIC_TYPES.get(status, fallback))
+
+
 def body_for(error: errors.LlmserveError, face: Face) -> dict[str, Any]:
     if face == "openai":
         return openai_error_body(error)
+    if face == "anthropic":
+        return anthropic_error_body(error)
     return ollama_error_body(error) if face == "ollama" else error_body(error)
 
 
 def error_response(error: errors.LlmserveError, *, face: Face = "native") -> JSONResponse:
     return JSONResponse(
-        body_for(error, face), status_code=error.status, headers=error_headers(error)
+        body_for(error, face), status_code=status_for(error, face), headers=error_headers(error)
     )
 
 
@@ -132,14 +171,16 @@ async def send_error(
 
     Raises ``RuntimeError`` (from the server) if a response has already been started.
     """
-    body = json.dumps(body_for(error, face_of(scope["path"]))).encode()
+    face = face_of(scope["path"])
+    body = json.dumps(body_for(error, face)).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         *[(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()],
         *headers,
     ]
-    await send({"type": "http.response.start", "status": error.status, "headers": raw_headers})
+    status = status_for(error, face)
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -21,7 +21,10 @@ MAX_HEADER_BYTES = 32 * 1024
 
 #: Routes whose messages may carry images: their bodies may also hold one image of the
 #: largest size (MAX_IMAGE_BYTES, base64).
-IMAGE_PATHS = frozenset({"/api/v1/chat", "/v1/chat/completions", "/api/chat", "/api/generate"})
+IMAGE_PATHS = frozenset(
+    {"/api/v1/chat", "/v1/chat/completions", "/api/chat", "/api/generate"}
+    | {"/v1/responses", "/v1/messages", "/v1/messages/count_tokens"}
+)
 
 
 def body_limit_for(max_prompt_chars: int) -> int:

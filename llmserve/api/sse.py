@@ -91,8 +91,10 @@ class EventStream(Response):
         headers: dict[str, str] | None = None,
         shutdown: bytes = SHUTDOWN,
         framing: list[tuple[bytes, bytes]] = SSE_HEADERS,
+        ping: bytes = PING,
     ) -> None:
         self._chunks = chunks
+        self._ping = ping  # what a ping is on this face (Anthropic's: an ``event: ping``)
         self._ping_interval = ping_interval
         self._shutdown = shutdown  # the last event when the server cuts the stream
         self._extra_headers = headers or {}
@@ -113,11 +115,12 @@ class EventStream(Response):
         loop = asyncio.get_running_loop()
         chunks = self._chunks
         interval = self._ping_interval if self._ping_interval is not None else math.inf
+        ping_bytes = self._ping
         last_sent = time.monotonic()
         client_left = False
         finished = False
-        # Every middleware looks only at the response's start; the body goes to the send
-        # beneath them (one call per chunk instead of five).
+        # The body goes to the send beneath the middlewares (one call per chunk instead of
+        # five), published only while none of them touches a body (see api/request_id.py).
         send_body = scope.get(BODY_SEND, send)
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
 
@@ -144,6 +147,7 @@ class EventStream(Response):
                     return
 
         pings: set[asyncio.Future[None]] = set()
+        ping_timer: asyncio.TimerHandle | None = None
 
         def ping_due() -> None:
             # A timer, not a task: a task only for the rare ping that actually goes out.
@@ -154,7 +158,7 @@ class EventStream(Response):
             if wait <= 0:
                 last_sent = time.monotonic()
                 ping = asyncio.ensure_future(
-                    send_body({"type": "http.response.body", "body": PING, "more_body": True})
+                    send_body({"type": "http.response.body", "body": ping_bytes, "more_body": True})
                 )
                 pings.add(ping)
                 ping.add_done_callback(_forget(pings))
@@ -197,7 +201,7 @@ class EventStream(Response):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
+                await chunks.aclose()  # type: ignore[attr-defined]  # a generator (others: suppressed)
         if shut_down:
             # End the response properly, so the client reads why instead of a broken stream.
             with contextlib.suppress(Exception):

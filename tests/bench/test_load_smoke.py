@@ -35,6 +35,12 @@ SCENARIOS = [
     "ollama chat c=16",
     "ollama chat c=64",
     "ollama chat c=16, 20 ms/token",
+    "openai chat c=1",
+    "openai chat c=64",
+    "anthropic messages c=1",
+    "anthropic messages c=64",
+    "openai responses c=1",
+    "openai responses c=64",
 ]
 
 
