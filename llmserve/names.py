@@ -17,12 +17,31 @@ DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
-_PARTS = {
-    "host": (350, re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")),
-    "namespace": (80, re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")),
-    "model": (80, re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")),
-    "tag": (80, re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")),
+#: Each part of a name: its longest length, its first character and the characters after it.
+_RULES = {
+    "host": (350, "[A-Za-z0-9_]", "[A-Za-z0-9_.:-]"),
+    "namespace": (80, "[A-Za-z0-9_]", "[A-Za-z0-9_-]"),
+    "model": (80, "[A-Za-z0-9_]", "[A-Za-z0-9_.-]"),
+    "tag": (80, "[A-Za-z0-9_]", "[A-Za-z0-9_.-]"),
 }
+_PARTS = {
+    part: (limit, re.compile(f"{first}{rest}*\\Z")) for part, (limit, first, rest) in _RULES.items()
+}
+#: The longest name :func:`parse` accepts.
+MAX_LENGTH = 600
+
+
+def _part(name: str) -> str:
+    limit, first, rest = _RULES[name]
+    return f"{first}{rest}{{0,{limit - 1}}}"
+
+
+#: :func:`parse`'s rules as one regular expression (with :data:`MAX_LENGTH`), for the API's
+#: schema: a name matches it exactly when ``parse`` accepts it (a test holds them together).
+PATTERN = (
+    f"^((https?://)?{_part('host')}/{_part('namespace')}/|{_part('namespace')}/)?"
+    f"{_part('model')}(:{_part('tag')})?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +69,18 @@ class ModelName:
 
 def parse(name: str) -> ModelName:
     """Parse and validate ``name``; raise ``InvalidModelNameError`` (a 400) when it is not one."""
-    if not isinstance(name, str) or not name or len(name) > 600 or not name.isascii():
+    if not isinstance(name, str) or not name or len(name) > MAX_LENGTH or not name.isascii():
         raise _invalid(name)
     rest = name
-    for scheme in ("https://", "http://"):
-        if rest.startswith(scheme):
-            rest = rest[len(scheme) :]
-            break
+    scheme = next((s for s in ("https://", "http://") if rest.startswith(s)), "")
+    rest = rest[len(scheme) :]
     tag = DEFAULT_TAG
     colon, slash = rest.rfind(":"), rest.rfind("/")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
         _check("tag", tag, name)
     parts = rest.split("/")
-    if len(parts) > 3:
+    if len(parts) > 3 or (scheme and len(parts) < 3):  # a scheme comes with its host (Ollama)
         raise _invalid(name)
     model = parts[-1]
     namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE

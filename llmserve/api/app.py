@@ -10,12 +10,22 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from llmserve import __version__
-from llmserve.api import errors
+from llmserve.api import errors, methods, openapi
 from llmserve.api.auth import PUBLIC_PATHS, AuthMiddleware
 from llmserve.api.drain import DrainBeforeShutdown
 from llmserve.api.limits import BodyLimitMiddleware, body_limit_for, image_body_limit_for
 from llmserve.api.request_id import RequestIdMiddleware
-from llmserve.api.routes import chat, generate, health, models, ollama, ollama_models, openai
+from llmserve.api.routes import (
+    chat,
+    generate,
+    health,
+    messages,
+    models,
+    ollama,
+    ollama_models,
+    openai,
+    responses,
+)
 from llmserve.metrics import HttpMetricsMiddleware, Metrics
 from llmserve.runtime import Runtime
 from llmserve.settings import Settings, load_settings
@@ -55,8 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    methods.install(app)
+    public = PUBLIC_PATHS if settings.METRICS_REQUIRE_AUTH else PUBLIC_PATHS | {"/metrics"}
+    openapi.install(app, public_paths=public, query_values={"server": settings.backend_urls})
     if settings.AUTH_REQUIRED:
-        public = PUBLIC_PATHS if settings.METRICS_REQUIRE_AUTH else PUBLIC_PATHS | {"/metrics"}
         app.add_middleware(AuthMiddleware, public_paths=public)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     # Added last, so they run first: an oversized body is refused before anything else, and
@@ -66,13 +78,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit=body_limit_for(settings.MAX_PROMPT_CHARS),
         image_limit=image_body_limit_for(settings.MAX_PROMPT_CHARS, settings.MAX_IMAGE_BYTES),
     )
-    app.add_middleware(RequestIdMiddleware)
+    # Streams send their bodies beneath the middlewares listed here (see api/request_id.py):
+    # list a middleware only if no response body needs to go through it.
+    app.add_middleware(
+        RequestIdMiddleware,
+        passes_bodies_through=(BodyLimitMiddleware, HttpMetricsMiddleware, AuthMiddleware),
+    )
     app.include_router(generate.router)
     generate.install_fast_route(app.router)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(ollama.router)
     app.include_router(ollama_models.router)
     return app

@@ -57,7 +57,8 @@ def _key_from(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 def principal_of(request: Request) -> Principal | None:
     """The authenticated key, or None when AUTH_REQUIRED=false."""
-    return request.scope.get("state", {}).get("principal")
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    return principal
 
 
 async def current_principal(request: Request) -> Principal | None:

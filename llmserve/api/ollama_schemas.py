@@ -12,6 +12,7 @@ the others stay in ``extra``; Ollama's own top-level fields go to
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
@@ -29,7 +30,20 @@ from pydantic import (
 )
 
 from llmserve import errors
-from llmserve.api.schemas import FunctionDefinition, Int64, ToolDefinition, _check_schema
+from llmserve.api.schemas import (
+    BASE64_PATTERN,
+    MODEL_NAME_SCHEMA,
+    NOT_BLANK_PATTERN,
+    WHOLE,
+    FunctionDefinition,
+    NonNegativeInt,
+    PositiveInt,
+    ToolDefinition,
+    WholeInt,
+    _check_schema,
+    conversation_rules,
+    non_empty,
+)
 from llmserve.domain import (
     GenerationOptions,
     GenerationRequest,
@@ -54,7 +68,32 @@ def _duration(value: Any) -> Any:
 
 
 #: ``keep_alive``: seconds (negative: forever), or a Go duration string.
-KeepAlive = Annotated[StrictInt | StrictFloat | StrictStr, AfterValidator(_duration)]
+KeepAlive = Annotated[
+    StrictInt
+    | StrictFloat
+    | Annotated[StrictStr, Field(json_schema_extra={"pattern": f"^(?:{_DURATION.pattern})$"})],
+    AfterValidator(_duration),
+]
+Base64 = Annotated[StrictStr, Field(json_schema_extra={"pattern": BASE64_PATTERN})]
+#: A model name (the routes check it, 400, before any backend call).
+ModelName = Annotated[StrictStr, Field(json_schema_extra=MODEL_NAME_SCHEMA)]
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+def requires(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra``: ``fields`` are required. The body reads without them
+    (Ollama's defaults), but the route refuses it (``model is required``)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["required"] = sorted({*schema.get("required", ()), *fields})
+
+    return extra
+
+
 Number = StrictInt | StrictFloat
 #: ``think``: a switch, or a level for the models that have levels.
 Think = StrictBool | Literal["low", "medium", "high", "max"]
@@ -99,10 +138,10 @@ class OllamaOptions(BaseModel):
 
     temperature: Annotated[Number, Field(ge=0)] | None = None
     top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[Int64, Field(ge=0)] | None = None
-    seed: Int64 | None = None
-    num_predict: Int64 | None = None
-    num_ctx: Annotated[Int64, Field(ge=1)] | None = None
+    top_k: NonNegativeInt | None = None
+    seed: WholeInt | None = None
+    num_predict: WholeInt | None = None
+    num_ctx: PositiveInt | None = None
     repeat_penalty: Number | None = None
     presence_penalty: Number | None = None
     frequency_penalty: Number | None = None
@@ -132,7 +171,7 @@ class OllamaOptions(BaseModel):
 
 
 class OllamaFunctionCall(_Lenient):
-    index: StrictInt | None = None
+    index: WholeInt | None = None
     name: StrictStr = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
 
@@ -143,9 +182,12 @@ class OllamaToolCall(_Lenient):
 
 
 class OllamaMessage(_Lenient):
-    role: StrictStr
+    role: StrictStr = Field(
+        description="system, user, assistant or tool, in any case.",
+        json_schema_extra={"pattern": f"^({'|'.join(_any_case(r) for r in _ROLES)})$"},
+    )
     content: StrictStr = ""
-    images: list[StrictStr] | None = None
+    images: list[Base64] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: StrictStr | None = None
     tool_call_id: StrictStr | None = None
@@ -154,7 +196,7 @@ class OllamaMessage(_Lenient):
     @classmethod
     def _known_role(cls, value: str) -> str:
         role = value.lower()  # Ollama lower-cases roles
-        if role not in ("system", "user", "assistant", "tool"):
+        if role not in _ROLES:
             raise ValueError(f"unknown role {value!r}: system, user, assistant or tool")
         return role
 
@@ -199,16 +241,22 @@ def _format(value: Any) -> ResponseFormat | None:
 class _Generation(_Lenient):
     """What generate and chat share."""
 
-    model: StrictStr = ""
+    model_config = ConfigDict(json_schema_extra=requires("model"))
+
+    model: ModelName = ""
     stream: StrictBool = True
-    format: Any = None
+    format: Any = Field(
+        None,
+        description='`"json"`, or a JSON Schema the answer must validate against.',
+        json_schema_extra={"anyOf": [{"enum": ["", "json", None]}, {"type": "object"}]},
+    )
     options: OllamaOptions | None = None
     keep_alive: KeepAlive | None = None
     think: Think | None = None
     truncate: StrictBool | None = None
     shift: StrictBool | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20), WHOLE] | None = None
 
     @field_validator("format")
     @classmethod
@@ -240,14 +288,34 @@ class _Generation(_Lenient):
         return (self.options or OllamaOptions()).to_domain(self.keep_alive)
 
 
+#: The generation service's rule (a prompt with something in it), for a prompt that is not
+#: empty (an empty one only loads the model): text, an image, or a system prompt.
+_PROMPT_WITH_CONTENT = {
+    "if": non_empty("prompt", {"minLength": 1, "not": {"pattern": NOT_BLANK_PATTERN}}),
+    "then": {
+        "anyOf": [
+            non_empty("images", {"type": "array", "minItems": 1}),
+            non_empty("system", {"type": "string", "pattern": NOT_BLANK_PATTERN}),
+        ]
+    },
+}
+
+
+def _generate_schema(schema: dict[str, Any]) -> None:
+    requires("model")(schema)
+    schema.update(_PROMPT_WITH_CONTENT)
+
+
 class OllamaGenerateRequest(_Generation):
+    model_config = ConfigDict(json_schema_extra=_generate_schema)
+
     prompt: StrictStr = ""
     suffix: StrictStr | None = None
     system: StrictStr | None = None
     template: StrictStr | None = None
-    context: list[Int64] | None = None
+    context: list[WholeInt] | None = None
     raw: StrictBool | None = None
-    images: list[StrictStr] | None = None
+    images: list[Base64] | None = None
 
     FIELDS = (*_Generation.FIELDS, "suffix", "template", "context", "raw")
 
@@ -268,8 +336,28 @@ class OllamaGenerateRequest(_Generation):
         )
 
 
+_NON_EMPTY = {"type": "array", "minItems": 1}
+
+
 class OllamaChatRequest(_Generation):
-    messages: list[OllamaMessage] = Field(default_factory=list)
+    messages: list[OllamaMessage] = Field(
+        default_factory=list,
+        description="None (the model is loaded), or at least one message that is not a system "
+        "message and one that holds text, images or tool calls.",
+        json_schema_extra={
+            "anyOf": [
+                {"maxItems": 0},
+                conversation_rules(
+                    {"pattern": f"^{_any_case('system')}$"},
+                    [
+                        non_empty("content", {"type": "string", "pattern": NOT_BLANK_PATTERN}),
+                        non_empty("images", _NON_EMPTY),
+                        non_empty("tool_calls", _NON_EMPTY),
+                    ],
+                ),
+            ]
+        },
+    )
     tools: list[OllamaTool] | None = None
 
     @property
@@ -287,10 +375,12 @@ class OllamaChatRequest(_Generation):
 
 
 class OllamaEmbedRequest(_Lenient):
-    model: StrictStr = ""
+    model_config = ConfigDict(json_schema_extra=requires("model"))
+
+    model: ModelName = ""
     input: StrictStr | list[StrictStr] = Field(default_factory=list)
     truncate: StrictBool | None = None
-    dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
+    dimensions: PositiveInt | None = None
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive | None = None
 
@@ -305,7 +395,9 @@ class OllamaEmbedRequest(_Lenient):
 class OllamaEmbeddingsRequest(_Lenient):
     """The legacy ``/api/embeddings``: one ``prompt``, one vector."""
 
-    model: StrictStr = ""
+    model_config = ConfigDict(json_schema_extra=requires("model"))
+
+    model: ModelName = ""
     prompt: StrictStr = ""
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive | None = None

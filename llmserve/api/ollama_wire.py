@@ -34,7 +34,7 @@ def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     """A route's request body for the OpenAPI document (Ollama's routes read the body
     themselves, the way Ollama does: ``api/ollama_schemas.parse_body``)."""
     schema = model.model_json_schema(by_alias=True)
-    return {"requestBody": {"content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     StrictBool,
-    StrictInt,
+    StrictFloat,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,7 +37,16 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from llmserve.api.schemas import Int64
+from llmserve.api.schemas import (
+    IMAGE_DATA_URL_PATTERN,
+    NOT_BLANK_PATTERN,
+    TOOL_CHOICE_NEEDS_TOOLS,
+    NotBlank,
+    PositiveInt,
+    WholeInt,
+    conversation_rules,
+    non_empty,
+)
 from llmserve.domain import (
     GenerationOptions,
     GenerationRequest,
@@ -70,7 +79,10 @@ class StreamOptions(_Lenient):
 
 
 class ImageUrl(_Lenient):
-    url: str = Field(description="A data: URL (base64), or an http(s) URL (ALLOW_IMAGE_URLS).")
+    url: str = Field(
+        description="A data: URL (base64); an http(s) URL only with ALLOW_IMAGE_URLS=true.",
+        json_schema_extra={"pattern": IMAGE_DATA_URL_PATTERN},
+    )
     detail: str | None = Field(None, description="Accepted and ignored.")
 
     @field_validator("url")
@@ -82,6 +94,21 @@ class ImageUrl(_Lenient):
 
 
 class ContentPart(_Lenient):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": non_empty("type", {"const": "text"}),
+                    "then": non_empty("text", {"type": "string"}),
+                },
+                {
+                    "if": non_empty("type", {"const": "image_url"}),
+                    "then": non_empty("image_url", {"type": "object"}),
+                },
+            ]
+        }
+    )
+
     type: Literal["text", "image_url"]
     text: str | None = None
     image_url: ImageUrl | None = None
@@ -112,8 +139,39 @@ class ToolCallItem(_Lenient):
     function: FunctionCall
 
 
+def _when_role(roles: list[str], then: dict[str, Any], *, among: bool = True) -> dict[str, Any]:
+    role: dict[str, Any] = {"enum": roles} if among else {"not": {"enum": roles}}
+    return {"if": non_empty("role", role), "then": then}
+
+
 class Message(_Lenient):
-    role: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            # What ``_fits_role`` checks.
+            "allOf": [
+                _when_role(
+                    ["assistant"],
+                    {"properties": {"tool_calls": {"type": ["array", "null"], "maxItems": 0}}},
+                    among=False,
+                ),
+                _when_role(["tool"], non_empty("tool_call_id", {"type": "string", "minLength": 1})),
+                _when_role(
+                    ["user"],
+                    {
+                        "properties": {
+                            "content": {
+                                "type": ["string", "array", "null"],
+                                "items": {"properties": {"type": {"const": "text"}}},
+                            }
+                        }
+                    },
+                    among=False,
+                ),
+            ]
+        }
+    )
+
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})
     content: str | list[ContentPart] | None = Field(
         None, description="A string, or a list of text and image_url parts."
     )
@@ -177,7 +235,7 @@ class Message(_Lenient):
         )
         role = "system" if self.role in SYSTEM_ROLES else self.role
         return CoreMessage(
-            role,  # type: ignore[arg-type]
+            role,  # type: ignore[arg-type]  # SYSTEM_ROLES became "system" above: a core role
             "".join(texts),
             images=tuple(images),
             tool_calls=calls,
@@ -230,6 +288,13 @@ class JsonSchemaFormat(_Lenient):
 
 
 class ResponseFormatParam(_Lenient):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": non_empty("type", {"const": "json_schema"}),
+            "then": non_empty("json_schema", {"type": "object"}),
+        }
+    )
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -263,17 +328,23 @@ class CompletionParams(_Lenient):
     """What both generation routes accept."""
 
     model: str = Field(min_length=1, description="An installed model, or the active model.")
-    max_tokens: Annotated[Int64, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: Int64 | None = None
-    stop: list[str] | None = Field(None, description="A string or a list of at most 4.")
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    seed: WholeInt | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
+        None, description="A string or a list of at most 4."
+    )
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="Accepted and ignored.")
-    n: StrictInt | None = Field(None, description="Only 1.")
-    logit_bias: dict[str, Any] | None = Field(None, description="Not supported.")
-    logprobs: Any = Field(None, description="Not supported.")
+    n: WholeInt | None = Field(None, description="Only 1.", json_schema_extra={"enum": [1, None]})
+    logit_bias: dict[str, Any] | None = Field(
+        None, description="Not supported.", json_schema_extra={"maxProperties": 0}
+    )
+    logprobs: Any = Field(
+        None, description="Not supported.", json_schema_extra={"enum": [None, False, 0]}
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -312,22 +383,53 @@ class CompletionParams(_Lenient):
             temperature=self.temperature,
             top_p=self.top_p,
             seed=self.seed,
-            stop=tuple(self.stop or ()),
+            stop=(self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
             max_tokens=max_tokens or self.max_tokens,
         )
 
 
 class ChatCompletionRequest(CompletionParams):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Annotated[Int64, Field(ge=1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    model_config = ConfigDict(json_schema_extra=TOOL_CHOICE_NEEDS_TOOLS)
+
+    messages: list[Message] = Field(
+        min_length=1,
+        description="At least one user or assistant message, and one that holds text, an "
+        "image or tool calls.",
+        json_schema_extra=conversation_rules(
+            {"enum": sorted(SYSTEM_ROLES)},
+            [
+                non_empty("content", {"type": "string", "pattern": NOT_BLANK_PATTERN}),
+                non_empty(
+                    "content",
+                    {
+                        "type": "array",
+                        "contains": {
+                            "anyOf": [
+                                non_empty("type", {"const": "image_url"}),
+                                non_empty("text", {"type": "string", "pattern": NOT_BLANK_PATTERN}),
+                            ]
+                        },
+                    },
+                ),
+                non_empty("tool_calls", {"type": "array", "minItems": 1}),
+            ],
+        ),
+    )
+    max_completion_tokens: PositiveInt | None = None
+    presence_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormatParam | None = None
-    functions: list[Any] | None = Field(None, description="Legacy: not supported, use tools.")
-    function_call: Any = Field(None, description="Legacy: not supported, use tool_choice.")
+    functions: list[Any] | None = Field(
+        None, description="Legacy: not supported, use tools.", json_schema_extra={"maxItems": 0}
+    )
+    function_call: Any = Field(
+        None,
+        description="Legacy: not supported, use tool_choice.",
+        json_schema_extra={"enum": [None, "none", "auto"]},
+    )
 
     @field_validator("messages")
     @classmethod
@@ -382,10 +484,18 @@ class ChatCompletionRequest(CompletionParams):
 
 
 class CompletionRequest(CompletionParams):
-    prompt: str = Field(description="A single string (lists and token arrays are not supported).")
-    best_of: StrictInt | None = Field(None, description="Only 1.")
-    echo: StrictBool | None = Field(None, description="Not supported.")
-    suffix: str | None = Field(None, description="Not supported.")
+    prompt: Annotated[str, NotBlank("the prompt is empty")] = Field(
+        description="A single string, not blank (lists and token arrays are not supported)."
+    )
+    best_of: WholeInt | None = Field(
+        None, description="Only 1.", json_schema_extra={"enum": [1, None]}
+    )
+    echo: StrictBool | None = Field(
+        None, description="Not supported.", json_schema_extra={"enum": [False, None]}
+    )
+    suffix: str | None = Field(
+        None, description="Not supported.", json_schema_extra={"maxLength": 0}
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -415,9 +525,12 @@ class CompletionRequest(CompletionParams):
 
 class EmbeddingRequest(_Lenient):
     model: str = Field(min_length=1, description="An installed model, or the active model.")
-    input: str | list[str] = Field(description="A text or a list of texts (not token arrays).")
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+    ) = Field(description="A text or a list of 1 to 2048 texts (not token arrays), none empty.")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[Int64, Field(ge=1)] | None = None
+    dimensions: PositiveInt | None = None
     user: str | None = Field(None, description="Accepted and ignored.")
 
     @field_validator("input", mode="before")
@@ -514,6 +627,8 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llmserve"
+    #: llmserve's addition: the backend servers that have it (base URLs as configured).
+    backends: list[str] = []
 
 
 class ModelList(BaseModel):

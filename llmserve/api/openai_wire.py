@@ -255,7 +255,14 @@ class ChunkEncoder:
     def events(self, batch: list[StreamEvent]) -> bytes:
         """A batch that may hold tool-call deltas (text only: ``text`` per piece)."""
         return b"".join(
-            [self.text(e) if type(e) is str else self.tool_call(e) for e in batch]  # type: ignore[arg-type]
+            [
+                (
+                    self.text(e)
+                    if type(e) is str
+                    else self.tool_call(e)  # type: ignore[arg-type]  # no Thinking on this face
+                )
+                for e in batch
+            ]
         )
 
     def tool_call(self, delta: ToolCallDelta) -> bytes:

@@ -3,19 +3,26 @@ out-of-range values are refused."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
+from llmserve import names
 from llmserve.domain import (
     GenerationOptions,
     GenerationRequest,
@@ -33,25 +40,92 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-#: Integers the engines can read (Go's int64, C's int64_t); larger ones would be their errors.
-Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+#: "Not blank" in a JSON Schema: some character that is not whitespace (a pattern searches, it
+#: is not anchored). Python's ``str.strip`` also strips ``\x1c``-``\x1f``; JSON Schema's ``\s``
+#: does not, so they are named.
+NOT_BLANK_PATTERN = r"[^\s\x1c-\x1f]"
+
+
+@dataclass(frozen=True, slots=True)
+class NotBlank:
+    """A string with some character that is not whitespace: checked (``ValueError(message)``
+    when blank) and declared in the JSON Schema (``minLength`` and :data:`NOT_BLANK_PATTERN`)
+    by this one annotation."""
+
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.update(minLength=1, pattern=NOT_BLANK_PATTERN)
+        return json_schema
+
+    def _check(self, value: str) -> str:
+        if not value.strip():
+            raise ValueError(self.message)
+        return value
+
+
+#: Standard base64 (what ``services/images.checked_base64`` accepts), and a ``data:`` URL of
+#: an image in it (``base64_of_data_url``), for the JSON Schema.
+BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+BASE64_PATTERN = f"^{BASE64}$"
+IMAGE_DATA_URL_PATTERN = f"^data:(image/[^,]*)?;base64,{BASE64}$"
+Base64Image = Annotated[str, Field(json_schema_extra={"pattern": BASE64_PATTERN})]
+
+#: A model name, declared with Ollama's naming rules (``names.PATTERN``); the model service
+#: checks it (400 ``invalid_model_name``) before any backend call.
+MODEL_NAME_SCHEMA: dict[str, Any] = {
+    "minLength": 1,
+    "maxLength": names.MAX_LENGTH,
+    "pattern": names.PATTERN,
+}
+ModelName = Annotated[str, Field(json_schema_extra=MODEL_NAME_SCHEMA)]
+
+
+#: Integers every client and engine reads exactly: a JSON number is often read as a double
+#: (JavaScript, JSON Schema validators), which holds integers exactly up to 2**53 - 1 (I-JSON's
+#: interoperable range, RFC 7493); the engines read 64 bits.
+INT_LIMIT = 2**53 - 1
+
+
+Int64 = Annotated[StrictInt, Field(ge=-INT_LIMIT, le=INT_LIMIT)]
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: Reads an integer as JSON Schema means one: ``5`` or ``5.0`` (a number whose fraction is
+#: zero), never ``5.5``, ``"5"`` or ``true``. It comes after the bounds, so that they stay
+#: ``minimum``/``maximum`` in the JSON Schema.
+WHOLE = BeforeValidator(_whole)
+WholeInt = Annotated[StrictInt, Field(ge=-INT_LIMIT, le=INT_LIMIT), WHOLE]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=INT_LIMIT), WHOLE]
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=INT_LIMIT), WHOLE]
 _DURATION = r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^0$"
 
 
 class GenerateOptions(_Strict):
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[Int64, Field(ge=0)] | None = None
-    seed: Int64 | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    top_k: NonNegativeInt | None = None
+    seed: WholeInt | None = None
     stop: str | Annotated[list[str], Field(max_length=8)] | None = None
-    max_tokens: Annotated[Int64, Field(ge=1)] | None = None
-    num_ctx: Annotated[Int64, Field(ge=1)] | None = Field(
-        None, description="Context length in tokens (Ollama)."
-    )
-    repeat_penalty: Annotated[float, Field(ge=0, le=2)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    keep_alive: Int64 | StrictFloat | Annotated[str, Field(pattern=_DURATION)] | None = Field(
+    max_tokens: PositiveInt | None = None
+    num_ctx: PositiveInt | None = Field(None, description="Context length in tokens (Ollama).")
+    repeat_penalty: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
+    presence_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
+    keep_alive: WholeInt | StrictFloat | Annotated[str, Field(pattern=_DURATION)] | None = Field(
         None,
         description="How long Ollama keeps the model loaded: seconds, or a duration ('5m').",
     )
@@ -99,18 +173,13 @@ def _check_schema(value: Format | None) -> Format | None:
 
 
 class GenerateRequest(_Strict):
-    prompt: str = Field(description="Required; not blank. Longer than MAX_PROMPT_CHARS → 413.")
+    prompt: Annotated[str, NotBlank("prompt must not be empty")] = Field(
+        description="Required; not blank. Longer than MAX_PROMPT_CHARS → 413."
+    )
     stream: StrictBool = Field(False, description="Server-Sent Events when true.")
     system: str | None = Field(None, description="Optional system prompt.")
     options: GenerateOptions | None = None
     format: Format | None = Field(None, description=_FORMAT_DOC)
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
-        return value
 
     _schema = field_validator("format")(_check_schema)
 
@@ -137,7 +206,7 @@ class ToolCallItem(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
-    images: list[str] | None = Field(
+    images: list[Base64Image] | None = Field(
         None, description="Base64 image data (no data: prefix), for vision models."
     )
     tool_calls: list[ToolCallItem] | None = Field(None, description="On assistant messages.")
@@ -196,8 +265,48 @@ def tool_choice(value: ToolChoiceField | None) -> ToolChoice:
     return ToolChoice(value)
 
 
+def conversation_rules(system_role: dict[str, Any], has_content: list[Any]) -> dict[str, Any]:
+    """The generation service's rules for a conversation (``GenerationService.check``), in a
+    JSON Schema for ``messages``: a message whose role is not ``system_role``, and a message
+    with something in it (``has_content``: each way a message may hold something)."""
+    return {
+        "allOf": [
+            {"contains": {"properties": {"role": {"not": system_role}}}},
+            {"contains": {"anyOf": has_content}},
+        ]
+    }
+
+
+def non_empty(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: ``field`` is present and matches ``schema``."""
+    return {"required": [field], "properties": {field: schema}}
+
+
+#: The generation service's rule for ``tool_choice``, in a JSON Schema for the request:
+#: ``required`` or a named function needs tools (a named one must be among them).
+TOOL_CHOICE_NEEDS_TOOLS: dict[str, Any] = {
+    "if": non_empty("tool_choice", {"anyOf": [{"const": "required"}, {"type": "object"}]}),
+    "then": non_empty("tools", {"type": "array", "minItems": 1}),
+}
+_NON_EMPTY_ARRAY = {"type": "array", "minItems": 1}
+
+
 class ChatRequest(_Strict):
-    messages: list[ChatMessage] = Field(min_length=1)
+    model_config = ConfigDict(json_schema_extra=TOOL_CHOICE_NEEDS_TOOLS)
+
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        description="At least one message that is not a system message, and one that holds "
+        "text, images or tool calls.",
+        json_schema_extra=conversation_rules(
+            {"enum": ["system"]},
+            [
+                non_empty("content", {"type": "string", "pattern": NOT_BLANK_PATTERN}),
+                non_empty("images", _NON_EMPTY_ARRAY),
+                non_empty("tool_calls", _NON_EMPTY_ARRAY),
+            ],
+        ),
+    )
     stream: StrictBool = Field(False, description="Server-Sent Events when true.")
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoiceField | None = Field(
@@ -284,6 +393,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: str
     checks: dict[str, str]
+    #: Several backend servers: each one's state, by its base URL as configured.
+    backends: dict[str, dict[str, object]] | None = None
 
 
 class ModelItem(BaseModel):
@@ -294,6 +405,8 @@ class ModelItem(BaseModel):
     digest: str | None
     active: bool
     built_in: bool
+    #: The backend servers that have it (their base URLs as configured).
+    backends: list[str] = []
 
 
 class ModelListResponse(BaseModel):
@@ -306,7 +419,7 @@ class ActiveModelResponse(BaseModel):
 
 
 class PullRequest(_Strict):
-    name: str = Field(description="Model name, e.g. `llama3.2` or `hf.co/org/repo:Q4_K_M`.")
+    name: ModelName = Field(description="Model name, e.g. `llama3.2` or `hf.co/org/repo:Q4_K_M`.")
 
 
 class PullStatus(BaseModel):

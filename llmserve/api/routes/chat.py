@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request, Response
 
 from llmserve.api.deps import runtime_of
 from llmserve.api.generating import key_in, run_generation
+from llmserve.api.openapi import GENERATION_ERRORS, error_responses
 from llmserve.api.routes.generate import generation_responses, whole_answer
 from llmserve.api.schemas import (
     ChatRequest,
     ChatResponse,
     EmbedRequest,
     EmbedResponse,
-    ErrorResponse,
     native_tool_calls,
 )
 from llmserve.api.sse import EventStream, generation_events
@@ -26,13 +26,12 @@ router = APIRouter(prefix="/api/v1", tags=["generate"])
 
 CHAT_ROUTE = "/api/v1/chat"
 EMBED_ROUTE = "/api/v1/embed"
-_STATUSES = (400, 401, 404, 413, 429, 502, 503, 504)
 
 
 @router.post(
     "/chat",
     response_model=ChatResponse,
-    responses=generation_responses("The answer", *_STATUSES),
+    responses=generation_responses("The answer"),
 )
 async def chat(body: ChatRequest, request: Request) -> Response:
     """Answer a conversation with the active model (tools, images, `format`)."""
@@ -58,7 +57,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
 @router.post(
     "/embed",
     response_model=EmbedResponse,
-    responses={status: {"model": ErrorResponse} for status in _STATUSES},
+    responses=error_responses(*GENERATION_ERRORS, face="native"),
 )
 async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
     """Embedding vectors for a text or a list of texts (`EMBEDDING_MODEL`, else the active

@@ -17,13 +17,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.routing import BaseRoute, Match, Route, Router
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmserve import errors
 from llmserve.api.errors import error_response
 from llmserve.api.generating import run_generation, runtime_in
+from llmserve.api.openapi import GENERATION_ERRORS, error_responses, event_stream
 from llmserve.api.request_id import BODY_SEND
-from llmserve.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse
+from llmserve.api.schemas import GenerateRequest, GenerateResponse
 from llmserve.api.sse import EventStream, generation_events
 from llmserve.services.generation import Generation
 
@@ -32,33 +33,28 @@ router = APIRouter(prefix="/api/v1", tags=["generate"])
 ROUTE = "/api/v1/generate"
 
 
-def generation_responses(what: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI responses of a native generation route: ``what`` as JSON, or SSE events."""
+def generation_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a native generation route: ``what`` as JSON, or SSE events
+    (``data: {"response": …}`` …, ``data: {}``; an ``error`` event after the first byte)."""
     return {
-        200: {
-            "description": f"{what}, or Server-Sent Events with `stream: true`.",
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "example": 'data: {"response": "Hello"}\n\ndata: {}\n\n',
-                }
-            },
-        },
-        **{status: {"model": ErrorResponse} for status in statuses},
+        200: event_stream(
+            f"{what}, or Server-Sent Events with `stream: true`.", ["message", "error"]
+        ),
+        **error_responses(*GENERATION_ERRORS, face="native"),
     }
 
 
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses=generation_responses("The whole text", 401, 404, 413, 429, 502, 503, 504),
+    responses=generation_responses("The whole text"),
 )
 async def generate(body: GenerateRequest, request: Request) -> Response:
     """Generate text with the active model; `stream: true` answers with Server-Sent Events."""
-    return await answer(body, request.scope, request.receive)  # type: ignore[return-value]
+    return await answer(body, request.scope, request.receive)
 
 
-async def answer(body: GenerateRequest, scope: Scope, receive: Receive) -> ASGIApp:
+async def answer(body: GenerateRequest, scope: Scope, receive: Receive) -> Response:
     """The response to a valid request (an LlmserveError before the first byte)."""
     generation = await run_generation(
         scope, receive, body.to_domain(), route=ROUTE, stream=body.stream

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.exceptions import HTTPException
 
 from llmserve import errors
 from llmserve.api.auth import AdminOnly, PrincipalDep
 from llmserve.api.deps import ActorDep, ModelsDep
 from llmserve.api.disconnect import ClientDisconnected, cancel_on_disconnect
+from llmserve.api.openapi import ADMIN_ERRORS, BACKEND_ERRORS, error_responses, event_stream
 from llmserve.api.schemas import (
+    MODEL_NAME_SCHEMA,
     ActiveModelResponse,
-    ErrorResponse,
     MessageResponse,
     ModelItem,
     ModelListResponse,
@@ -24,13 +28,31 @@ from llmserve.domain import PullProgress
 from llmserve.services.policy import visible_to
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
+_SERVER_DOC = "Only this backend server (its base URL as configured); every server when absent."
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
+#: ``{name}``: an Ollama model name, with ``/`` and ``:`` (``hf.co/org/repo:Q4_K_M``).
+NamePath = Annotated[str, Path(description="A model name.", json_schema_extra=MODEL_NAME_SCHEMA)]
+#: ``DELETE /api/v1/models/{name}`` matches the other routes' paths too; those paths are
+#: theirs (``DELETE /api/v1/models/active`` is a 405, as ``Allow`` says), so these names are
+#: deleted by their long form (``active:latest``).
+_SIBLING_PATHS = r"^(active|pull|switch/.*)$"
+DeletedName = Annotated[
+    str,
+    Path(
+        description="A model name (not `active`, `pull` or `switch/…`: those paths are the "
+        "other routes'; use `active:latest`…).",
+        json_schema_extra={**MODEL_NAME_SCHEMA, "not": {"pattern": _SIBLING_PATHS}},
+    ),
+]
+_ADMIN = error_responses(*ADMIN_ERRORS, face="native")
+#: A switch is followed by the active model (the stateful tests follow the link).
+_ACTIVE_LINK = {"ActiveModel": {"operationRef": "#/paths/~1api~1v1~1models~1active/get"}}
 
 
-@router.get("", response_model=ModelListResponse, responses=_errors(502, 503))
+@router.get(
+    "", response_model=ModelListResponse, responses=error_responses(*BACKEND_ERRORS, face="native")
+)
 async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelListResponse:
     """Installed models (those the API key may use), with the active and the built-in one
     marked."""
@@ -45,6 +67,7 @@ async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelListResponse
                 digest=e.info.digest,
                 active=e.active,
                 built_in=e.built_in,
+                backends=list(e.info.backends),
             )
             for e in entries
         ],
@@ -64,10 +87,18 @@ async def active_model(models: ModelsDep) -> ActiveModelResponse:
     response_model=PullStatus,
     responses={
         200: {
-            "description": '`{"status": "success"}`, or progress events with `stream=true`.',
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            **event_stream(
+                '`{"status": "success"}`, or progress events with `stream=true`.',
+                ["message", "error"],
+            ),
+            "links": {
+                "DeleteModel": {
+                    "operationRef": "#/paths/~1api~1v1~1models~1{name}/delete",
+                    "parameters": {"name": "$request.body#/name"},
+                }
+            },
         },
-        **_errors(400, 401, 403, 404, 501, 502, 503),
+        **_ADMIN,
     },
 )
 async def pull_model(
@@ -76,10 +107,11 @@ async def pull_model(
     models: ModelsDep,
     actor: ActorDep,
     stream: bool = Query(False, description="Stream progress as Server-Sent Events."),
+    server: str | None = Query(None, description=_SERVER_DOC),
 ) -> Response:
     """Install a model; Ollama's progress objects are streamed with `stream=true`."""
     models.validate(body.name)
-    progress = models.pull(body.name, actor=actor)
+    progress = models.pull(body.name, actor=actor, server=server)
     if stream:
         first = await _first_progress(request, progress)
         if first is None:
@@ -99,11 +131,18 @@ async def pull_model(
     "/{name:path}",
     dependencies=[AdminOnly],
     response_model=MessageResponse,
-    responses=_errors(400, 401, 403, 404, 409),
+    responses=error_responses(*ADMIN_ERRORS, errors.MethodNotAllowedError, face="native"),
 )
-async def delete_model(name: str, models: ModelsDep, actor: ActorDep) -> MessageResponse:
+async def delete_model(
+    name: DeletedName,
+    models: ModelsDep,
+    actor: ActorDep,
+    server: str | None = Query(None, description=_SERVER_DOC),
+) -> MessageResponse:
     """Remove an installed model. Never the built-in one (403), nor the active one (409)."""
-    await models.delete(name, actor=actor)
+    if re.match(_SIBLING_PATHS, name):
+        raise HTTPException(405)  # answered with the Allow of the route the path belongs to
+    await models.delete(name, actor=actor, server=server)
     return MessageResponse(message=f"Deleted model {name}")
 
 
@@ -111,9 +150,9 @@ async def delete_model(name: str, models: ModelsDep, actor: ActorDep) -> Message
     "/switch/{name:path}",
     dependencies=[AdminOnly],
     response_model=MessageResponse,
-    responses=_errors(400, 401, 403, 404),
+    responses={200: {"description": "Switched.", "links": _ACTIVE_LINK}, **_ADMIN},
 )
-async def switch_model(name: str, models: ModelsDep, actor: ActorDep) -> MessageResponse:
+async def switch_model(name: NamePath, models: ModelsDep, actor: ActorDep) -> MessageResponse:
     """Make an installed model the active one, for every replica."""
     await models.switch(name, actor=actor)
     return MessageResponse(message=f"Switched active model to {name}")
@@ -125,7 +164,7 @@ async def _drain(progress: AsyncIterator[PullProgress]) -> None:
             if item.status == "success":
                 return
     finally:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
 
 
 async def _first_progress(
@@ -135,10 +174,10 @@ async def _first_progress(
     try:
         return await cancel_on_disconnect(request, anext(progress))
     except ClientDisconnected:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
         return None
     except BaseException:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
         raise
 
 
@@ -152,7 +191,7 @@ async def _pull_events(
     except errors.LlmserveError as exc:
         yield error_event(exc)
     finally:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
 
 
 def _wire(item: PullProgress) -> dict[str, object]:

@@ -17,7 +17,7 @@ refusals (429 for admission and limits, 401/403 for keys, 413 for size) are kept
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -44,6 +44,7 @@ from llmserve.api.ollama_wire import (
     openapi_body,
     whole_object,
 )
+from llmserve.api.openapi import GENERATION_ERRORS, error_responses, ndjson
 from llmserve.api.sse import EventStream, framed_events
 from llmserve.services.embeddings import EmbeddingAnswer
 from llmserve.services.policy import visible_to
@@ -56,15 +57,17 @@ EMBED_ROUTE = "/api/embed"
 EMBEDDINGS_ROUTE = "/api/embeddings"
 
 _JSON = "application/json; charset=utf-8"
+_ERRORS = error_responses(*GENERATION_ERRORS, face="ollama")
 _STREAM_DOC = {
-    "description": "NDJSON lines (`application/x-ndjson`) by default; one object with "
-    "`stream: false`.",
-    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    200: ndjson(
+        "NDJSON lines (`application/x-ndjson`) by default; one object with `stream: false`."
+    ),
+    **_ERRORS,
 }
 
 
 @router.post(
-    "/api/generate", openapi_extra=openapi_body(OllamaGenerateRequest), responses={200: _STREAM_DOC}
+    "/api/generate", openapi_extra=openapi_body(OllamaGenerateRequest), responses=_STREAM_DOC
 )
 async def generate(request: Request) -> Response:
     """Ollama's `/api/generate`: complete `prompt` (with `system`, `suffix`, `raw`, `images`,
@@ -75,9 +78,7 @@ async def generate(request: Request) -> Response:
     return await _answer(request, body, "generate", GENERATE_ROUTE)
 
 
-@router.post(
-    "/api/chat", openapi_extra=openapi_body(OllamaChatRequest), responses={200: _STREAM_DOC}
-)
+@router.post("/api/chat", openapi_extra=openapi_body(OllamaChatRequest), responses=_STREAM_DOC)
 async def chat(request: Request) -> Response:
     """Ollama's `/api/chat`: answer `messages` (with `tools`, `images`, `format`, `options`,
     `keep_alive`, `think`)."""
@@ -100,7 +101,7 @@ async def _answer(
             raise errors.ModelNotAllowedError(f"this API key may not use model '{body.model}'")
         with as_ollama(not_found=f"model '{body.model}' not found"):
             await runtime.models.load(body.model, body.keep_alive)
-        reason = "unload" if body.unloads else "load"
+        reason: Literal["load", "unload"] = "unload" if body.unloads else "load"
         return Response(load_object(body.model, endpoint, reason), media_type=_JSON)
     domain = body.to_domain(runtime.settings.MAX_IMAGE_BYTES)
     with as_ollama(not_found=f"model '{body.model}' not found"):
@@ -127,7 +128,7 @@ async def _answer(
     )
 
 
-@router.post("/api/embed", openapi_extra=openapi_body(OllamaEmbedRequest))
+@router.post("/api/embed", openapi_extra=openapi_body(OllamaEmbedRequest), responses=_ERRORS)
 async def embed(request: Request) -> Response:
     """Ollama's `/api/embed`: unit vectors for `input` (a text or a list of texts)."""
     body = parse_body(await request.body(), OllamaEmbedRequest)
@@ -151,12 +152,15 @@ async def embed(request: Request) -> Response:
     return Response(orjson.dumps(out), media_type=_JSON)
 
 
-@router.post("/api/embeddings", openapi_extra=openapi_body(OllamaEmbeddingsRequest))
+@router.post(
+    "/api/embeddings", openapi_extra=openapi_body(OllamaEmbeddingsRequest), responses=_ERRORS
+)
 async def embeddings(request: Request) -> Response:
     """Ollama's legacy `/api/embeddings`: one vector for `prompt`."""
     body = parse_body(await request.body(), OllamaEmbeddingsRequest)
     if not body.model:
         raise errors.InvalidRequestError("model is required")
+    runtime_of(request).models.validate(body.model)  # a name is checked first, always
     if not body.prompt:
         return Response(b'{"embedding":[]}', media_type=_JSON)
     fields = _given(body, "keep_alive", "options")

@@ -43,7 +43,7 @@ from llmserve.api.ollama_models_wire import (
     show_object,
     tags_item,
 )
-from llmserve.api.ollama_schemas import parse_body
+from llmserve.api.ollama_schemas import parse_body, requires
 from llmserve.api.ollama_wire import (
     NDJSON_HEADERS,
     SHUTDOWN_LINE,
@@ -52,6 +52,8 @@ from llmserve.api.ollama_wire import (
     line,
     openapi_body,
 )
+from llmserve.api.openapi import ADMIN_ERRORS, BACKEND_ERRORS, error_responses, ndjson
+from llmserve.api.schemas import MODEL_NAME_SCHEMA
 from llmserve.api.sse import EventStream
 from llmserve.domain import PullProgress
 from llmserve.services.policy import visible_to
@@ -70,8 +72,21 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+_NAME: dict[str, Any] = {"type": "string", **MODEL_NAME_SCHEMA}
+_EMPTY: dict[str, Any] = {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}
+#: JSON Schema: ``model`` names a model, or is empty and the deprecated ``name`` does.
+_NAMES_A_MODEL: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["model"], "properties": {"model": _NAME}},
+        {"required": ["name"], "properties": {"model": _EMPTY, "name": _NAME}},
+    ]
+}
+
+
 class OllamaModelRequest(_Lenient):
     """A body that names a model: ``model``, or the deprecated ``name``."""
+
+    model_config = ConfigDict(json_schema_extra=_NAMES_A_MODEL)
 
     model: StrictStr | None = None
     name: StrictStr | None = None
@@ -90,23 +105,39 @@ class OllamaPullRequest(OllamaModelRequest):
 
 
 class OllamaCopyRequest(_Lenient):
-    source: StrictStr | None = None
-    destination: StrictStr | None = None
+    model_config = ConfigDict(json_schema_extra=requires("source", "destination"))
+
+    source: StrictStr = Field("", json_schema_extra=MODEL_NAME_SCHEMA)
+    destination: StrictStr = Field("", json_schema_extra=MODEL_NAME_SCHEMA)
+
+
+def _create_schema(schema: dict[str, Any]) -> None:
+    """A model to create, from an installed or pullable model (``from``). Ollama's other way,
+    from uploaded blobs (``files``), needs ``/api/blobs``, which llmserve does not serve."""
+    schema["properties"]["files"] = {
+        "not": {},
+        "description": "Not supported: llmserve does not take blob uploads (`/api/blobs`).",
+    }
+    schema["allOf"] = [_NAMES_A_MODEL, {"required": ["from"], "properties": {"from": _NAME}}]
 
 
 class OllamaCreateRequest(OllamaModelRequest):
     """Only what llmserve reads; the whole body goes to the backend as it came."""
 
+    model_config = ConfigDict(json_schema_extra=_create_schema)
+
     stream: StrictBool | None = None
-    base: StrictStr | None = Field(None, alias="from")
+    base: StrictStr | None = Field(None, alias="from", json_schema_extra={"anyOf": [_EMPTY, _NAME]})
 
 
+_ADMIN = error_responses(*ADMIN_ERRORS, face="ollama")
+_BACKEND = error_responses(*BACKEND_ERRORS, face="ollama")
 _PROGRESS_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "NDJSON progress lines (`application/x-ndjson`) ending with "
-        '`{"status": "success"}`; the last object alone with `stream: false`.',
-        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-    }
+    200: ndjson(
+        "NDJSON progress lines (`application/x-ndjson`) ending with "
+        '`{"status": "success"}`; the last object alone with `stream: false`.'
+    ),
+    **_ADMIN,
 }
 
 
@@ -117,24 +148,26 @@ async def root() -> PlainTextResponse:
     return PlainTextResponse("Ollama is running")
 
 
-@router.get("/api/version")
-@router.head("/api/version")
+@router.get("/api/version", responses=_BACKEND)
+@router.head("/api/version", responses=_BACKEND)
 async def version(models: ModelsDep) -> Response:
     """The Ollama version behind llmserve, or the one whose API llmserve implements."""
     return json_response({"version": await models.ollama_version() or OLLAMA_API_VERSION})
 
 
-@router.get("/api/tags")
-@router.head("/api/tags")
+@router.get("/api/tags", responses=_BACKEND)
+@router.head("/api/tags", responses=_BACKEND)
 async def tags(models: ModelsDep, key: PrincipalDep) -> Response:
     """Installed models (those the API key may use), newest first."""
     infos = sorted(
         (e.info for e in await models.list() if visible_to(key, e.info.name)), key=newest_first
     )
-    return json_response({"models": [tags_item(info) for info in infos]})
+    # llmserve's addition: where each model lives (the backend servers' base URLs)
+    items = [{**tags_item(info), "backends": list(info.backends)} for info in infos]
+    return json_response({"models": items})
 
 
-@router.get("/api/ps")
+@router.get("/api/ps", responses=_BACKEND)
 async def ps(models: ModelsDep, key: PrincipalDep) -> Response:
     """The models loaded in memory (those the API key may use; ``[]`` where the engine cannot
     tell)."""
@@ -142,7 +175,17 @@ async def ps(models: ModelsDep, key: PrincipalDep) -> Response:
     return json_response({"models": [ps_item(model) for model in running]})
 
 
-@router.post("/api/show", openapi_extra=openapi_body(OllamaShowRequest))
+@router.post(
+    "/api/show",
+    openapi_extra=openapi_body(OllamaShowRequest),
+    responses=error_responses(
+        errors.InvalidRequestError,
+        errors.InvalidModelNameError,
+        errors.ModelNotFoundError,
+        *BACKEND_ERRORS,
+        face="ollama",
+    ),
+)
 async def show(request: Request, models: ModelsDep, key: PrincipalDep) -> Response:
     """What is known of an installed model: details, capabilities, template, GGUF metadata."""
     body = parse_body(await request.body(), OllamaShowRequest)
@@ -167,11 +210,17 @@ async def pull(request: Request, models: ModelsDep, actor: ActorDep) -> Response
     body = parse_body(await request.body(), OllamaPullRequest)
     with as_ollama(invalid="invalid model name"):
         name = models.validate(body.target)
-    return await _progress(request, models.pull(name, actor=actor), body.stream is not False)
+    server = request.query_params.get("server")  # one backend server (llmserve's addition)
+    progress = models.pull(name, actor=actor, server=server)
+    return await _progress(request, progress, body.stream is not False)
 
 
 @router.delete(
-    "/api/delete", dependencies=[AdminOnly], openapi_extra=openapi_body(OllamaModelRequest)
+    "/api/delete",
+    dependencies=[AdminOnly],
+    response_class=Response,
+    openapi_extra=openapi_body(OllamaModelRequest),
+    responses=_ADMIN,
 )
 async def delete(request: Request, models: ModelsDep, actor: ActorDep) -> Response:
     """Remove an installed model: never the built-in one (403), nor the active one (409)."""
@@ -180,15 +229,21 @@ async def delete(request: Request, models: ModelsDep, actor: ActorDep) -> Respon
     if not name:
         raise errors.InvalidRequestError("model is required")
     with as_ollama(invalid=f'name "{name}" is invalid', not_found=f"model '{name}' not found"):
-        await models.delete(name, actor=actor)
+        await models.delete(name, actor=actor, server=request.query_params.get("server"))
     return Response(status_code=200)
 
 
-@router.post("/api/copy", dependencies=[AdminOnly], openapi_extra=openapi_body(OllamaCopyRequest))
+@router.post(
+    "/api/copy",
+    dependencies=[AdminOnly],
+    response_class=Response,
+    openapi_extra=openapi_body(OllamaCopyRequest),
+    responses=_ADMIN,
+)
 async def copy(request: Request, models: ModelsDep, actor: ActorDep) -> Response:
     """Install a model a second time under another name (never the built-in model's)."""
     body = parse_body(await request.body(), OllamaCopyRequest)
-    source, destination = body.source or "", body.destination or ""
+    source, destination = body.source, body.destination
     with as_ollama(invalid=f'source "{source}" is invalid'):
         models.validate(source)
     with as_ollama(invalid=f'destination "{destination}" is invalid'):
@@ -232,10 +287,10 @@ async def _progress(
         else:
             first = await cancel_on_disconnect(request, _last(progress))
     except ClientDisconnected:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
         return Response(status_code=499)  # nobody reads it; the audit row says "cancelled"
     except BaseException:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator
         raise
     if first is None:
         raise errors.BackendStreamError("the backend ended without reporting any progress")
@@ -271,4 +326,4 @@ async def _lines(
         log.exception("progress stream failed")
         yield error_line(errors.LlmserveError(f"internal error: {exc.__class__.__name__}"))
     finally:
-        await progress.aclose()  # type: ignore[attr-defined]
+        await progress.aclose()  # type: ignore[attr-defined]  # a ModelService generator

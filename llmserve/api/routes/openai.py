@@ -30,7 +30,6 @@ from llmserve.api.openai_schemas import (
     EmbeddingObject,
     EmbeddingRequest,
     EmbeddingUsage,
-    ErrorEnvelope,
     ModelList,
     ModelObject,
 )
@@ -44,6 +43,7 @@ from llmserve.api.openai_wire import (
     openai_events,
     text_completion,
 )
+from llmserve.api.openapi import BACKEND_ERRORS, GENERATION_ERRORS, error_responses, event_stream
 from llmserve.api.sse import EventStream
 from llmserve.domain import GenerationRequest, ModelInfo
 from llmserve.services.generation import Generation
@@ -53,23 +53,20 @@ from llmserve.services.policy import visible_to
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
-    return {status: {"model": ErrorEnvelope} for status in statuses}
-
-
-_GENERATION_ERRORS = _errors(400, 401, 404, 413, 429, 502, 503, 504)
-_stream_doc = {
-    "description": "The whole completion, or Server-Sent Events with `stream: true`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+_GENERATION_ERRORS = error_responses(*GENERATION_ERRORS, face="openai")
+_BACKEND_ERRORS = error_responses(*BACKEND_ERRORS, face="openai")
+#: Chunks (``data: {…}``) ending with ``data: [DONE]``; an ``error`` event after the first byte.
+_stream_doc = event_stream(
+    "The whole completion, or Server-Sent Events with `stream: true`.", ["message", "error"]
+)
 
 
 def _model_object(info: ModelInfo) -> ModelObject:
     created = int(info.modified_at.timestamp()) if info.modified_at else 0
-    return ModelObject(id=info.name, created=created)
+    return ModelObject(id=info.name, created=created, backends=list(info.backends))
 
 
-@router.get("/models", response_model=ModelList, responses=_errors(401, 502, 503))
+@router.get("/models", response_model=ModelList, responses=_BACKEND_ERRORS)
 async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelList:
     """Installed models (those the API key may use)."""
     entries = await models.list()
@@ -77,7 +74,9 @@ async def list_models(models: ModelsDep, key: PrincipalDep) -> ModelList:
 
 
 @router.get(
-    "/models/{model:path}", response_model=ModelObject, responses=_errors(401, 404, 502, 503)
+    "/models/{model:path}",
+    response_model=ModelObject,
+    responses=error_responses(errors.ModelNotFoundError, *BACKEND_ERRORS, face="openai"),
 )
 async def retrieve_model(model: str, models: ModelsDep, key: PrincipalDep) -> ModelObject:
     """One installed model (`llama3.2` finds `llama3.2:latest`)."""
