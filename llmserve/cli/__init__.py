@@ -33,6 +33,7 @@ def _root(
 def _register() -> None:
     # Imported here so that `llmserve --help` stays fast and nothing runs at import time.
     from llmserve.cli import (
+        backends,
         bake_image,
         chat,
         embed,
@@ -55,6 +56,7 @@ def _register() -> None:
     app.add_typer(keys.app, name="keys")
     app.add_typer(logs.app, name="logs")
     app.command("stats")(stats.stats)
+    app.command("backends")(backends.backends)
 
 
 def main() -> None:

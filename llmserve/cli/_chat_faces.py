@@ -7,13 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
-if TYPE_CHECKING:
-    from llmserve.services.generation import Generation
+from llmserve.cli._client import Ending
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -23,6 +21,8 @@ class Face:
     and ended with a newline, a blank line between answers. The other faces derive from it."""
 
     interactive = False
+    #: Whether the answer is wanted piece by piece (else it may come whole).
+    streams = True
 
     def __init__(self) -> None:
         self.answers = 0
@@ -44,7 +44,7 @@ class Face:
     def piece(self, text: str) -> None:
         _write(text)
 
-    def answered(self, generation: Generation, text: str) -> None:
+    def answered(self, ending: Ending | None, text: str) -> None:
         _write("\n")
         self.answers += 1
 
@@ -58,23 +58,17 @@ class Face:
 class JsonLines(Face):
     """``--json``: a message per stdin line, one JSON object per answer."""
 
+    streams = False
+
     def begin(self) -> None:
         pass
 
     def piece(self, text: str) -> None:
         pass
 
-    def answered(self, generation: Generation, text: str) -> None:
-        result = generation.result
-        payload = {
-            "message": {"role": "assistant", "content": text},
-            "model": generation.model,
-            "done_reason": result.done_reason if result else None,
-            "usage": {
-                "prompt_tokens": result.usage.prompt_tokens if result else None,
-                "completion_tokens": result.usage.completion_tokens if result else None,
-            },
-        }
+    def answered(self, ending: Ending | None, text: str) -> None:
+        message = {"role": "assistant", "content": text}
+        payload = (ending or Ending()).payload("message", message)
         _write(json.dumps(payload, ensure_ascii=False) + "\n")
 
 
@@ -111,7 +105,7 @@ class Terminal(Face):
         self.out.print(text, end="", markup=False, emoji=False)
         self.mid_line = not text.endswith("\n")
 
-    def answered(self, generation: Generation, text: str) -> None:
+    def answered(self, ending: Ending | None, text: str) -> None:
         self.out.print()
         self.mid_line = False
 

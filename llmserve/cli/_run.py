@@ -8,8 +8,9 @@ status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -24,8 +25,10 @@ T = TypeVar("T")
 
 __all__ = [
     "backend_settings_or_exit",
+    "cli_actor",
     "configure_logging",
     "fail",
+    "failing_cleanly",
     "run",
     "settings_or_exit",
     "stdout_console",
@@ -47,10 +50,10 @@ def exit_code_for(error: errors.LlmserveError) -> int:
     return error.exit_code
 
 
-def settings_or_exit(**overrides: object) -> Settings:
+def settings_or_exit() -> Settings:
     """Load settings, or fail with the one line that names the bad variable."""
     try:
-        return load_settings(**overrides)
+        return load_settings()
     except SettingsError as exc:
         fail(str(exc), 2)
 
@@ -69,14 +72,31 @@ def backend_settings_or_exit() -> Settings:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; turn llmserve errors into one red line and Ctrl-C into 130."""
-    try:
+    with failing_cleanly():
         return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def failing_cleanly() -> Iterator[None]:
+    """Turn llmserve errors into one red line (their exit code) and Ctrl-C into exit 130."""
+    try:
+        yield
     except errors.LlmserveError as exc:
         fail(exc.detail, exit_code_for(exc))
     except KeyboardInterrupt:
         _stderr.print("[yellow]Interrupted.[/]")
         sys.stderr.flush()
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def cli_actor() -> str:
+    """Who acts from the command line, for audit rows."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
 
 
 def stdout_console() -> Console:

@@ -22,26 +22,22 @@ on; piped, it ends the session with the error's exit code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
 
 from llmserve import errors
 from llmserve.cli._chat_faces import Face, JsonLines, Terminal, stderr
-from llmserve.cli._run import EXIT_INTERRUPTED, backend_settings_or_exit, exit_code_for, fail
-from llmserve.cli.generate import FORMAT_HELP, ROUTE, parse_format
+from llmserve.cli._client import Client, api_key_option, connected, open_client, server_option
+from llmserve.cli._run import EXIT_INTERRUPTED, exit_code_for, fail
+from llmserve.cli.generate import FORMAT_HELP, parse_format
 from llmserve.domain import GenerationOptions, GenerationRequest, Message, ResponseFormat
-from llmserve.settings import Settings
-
-if TYPE_CHECKING:
-    from llmserve.runtime import Runtime
 
 HELP = """\
 /system TEXT   set the system message (/system alone removes it)
@@ -62,11 +58,13 @@ def chat(
     json_output: bool = typer.Option(
         False, "--json", help="For scripts: a message per stdin line, a JSON object per answer."
     ),
+    server: str = server_option(),
+    api_key: str = api_key_option(),
 ) -> None:
     """Chat with the active model: an interactive session (/system, /reset, /save FILE, /help;
     Ctrl-C stops an answer, Ctrl-D quits), or one message per stdin line."""
     response_format = parse_format(answer_format)
-    settings = backend_settings_or_exit()
+    client = open_client(server, api_key)
     face: Face
     if json_output:
         face = JsonLines()
@@ -76,7 +74,7 @@ def chat(
         face = Face()
     options = GenerationOptions(temperature=temperature, max_tokens=max_tokens)
     conversation = Conversation(system, options=options, response_format=response_format)
-    _session(settings, face, conversation)
+    _session(client, face, conversation)
 
 
 @dataclass
@@ -130,30 +128,22 @@ def run_command(line: str, conversation: Conversation) -> str:
     raise CommandError(f"unknown command {name!r}; /help lists them", 2)
 
 
-def _session(settings: Settings, face: Face, conversation: Conversation) -> None:
-    """The turn loop. One event loop lives for the whole session (the Runtime's connections are
+def _session(client: Client, face: Face, conversation: Conversation) -> None:
+    """The turn loop. One event loop lives for the whole session (the client's connections are
     bound to it) and runs one turn at a time; lines are read outside it, so Ctrl-C and Ctrl-D
     at the prompt behave as at any prompt."""
-    from llmserve.runtime import Runtime
-
-    with asyncio.Runner() as runner:
-        runtime = Runtime(settings, follow_active_model=False)
-        try:
-            runner.run(runtime.__aenter__())
-            face.started(runtime.active_model.current)
-            _turns(runner, runtime, face, conversation)
-        except errors.LlmserveError as exc:
-            fail(exc.detail, exit_code_for(exc))
-        except KeyboardInterrupt:
-            _interrupted()
-        finally:
-            with contextlib.suppress(Exception, KeyboardInterrupt):
-                runner.run(runtime.__aexit__(None, None, None))
+    try:
+        with connected(client) as runner:
+            if face.interactive:
+                face.started(runner.run(client.active()))
+            _turns(runner, client, face, conversation)
+    except errors.LlmserveError as exc:
+        fail(exc.detail, exit_code_for(exc))
+    except KeyboardInterrupt:
+        _interrupted()
 
 
-def _turns(
-    runner: asyncio.Runner, runtime: Runtime, face: Face, conversation: Conversation
-) -> None:
+def _turns(runner: asyncio.Runner, client: Client, face: Face, conversation: Conversation) -> None:
     """Read, answer, repeat, until the input ends. Piped, the first failure ends it."""
     while True:
         try:
@@ -165,7 +155,7 @@ def _turns(
                 raise
             break
         try:
-            _turn(runner, runtime, face, conversation, line)
+            _turn(runner, client, face, conversation, line)
         except KeyboardInterrupt:  # Ctrl-C just before or after an answer: as good as during it
             if not face.interactive:
                 raise
@@ -175,7 +165,7 @@ def _turns(
 
 
 def _turn(
-    runner: asyncio.Runner, runtime: Runtime, face: Face, conversation: Conversation, line: str
+    runner: asyncio.Runner, client: Client, face: Face, conversation: Conversation, line: str
 ) -> None:
     text = line.strip()
     if not text:
@@ -190,7 +180,7 @@ def _turn(
         return
     message = line.lstrip()[1:] if text.startswith("//") else line
     try:
-        answer = runner.run(_answer(runtime, conversation.request(message), face))
+        answer = runner.run(_answer(client, conversation.request(message), face))
     except errors.LlmserveError as exc:
         if not face.interactive:
             raise
@@ -205,14 +195,14 @@ def _turn(
     conversation.turns += [Message("user", message), Message("assistant", answer)]
 
 
-async def _answer(runtime: Runtime, request: GenerationRequest, face: Face) -> str | None:
+async def _answer(client: Client, request: GenerationRequest, face: Face) -> str | None:
     """The answer's text, or None when Ctrl-C stopped it.
 
     Ctrl-C is the loop's signal handler while a turn runs: it wakes the loop at once (even while
     nothing arrives from upstream) and cancels the turn, whose ``finally`` closes the
     generation upstream."""
     loop = asyncio.get_running_loop()
-    turn = asyncio.ensure_future(_stream(runtime, request, face))
+    turn = asyncio.ensure_future(_stream(client, request, face))
     loop.add_signal_handler(signal.SIGINT, turn.cancel)
     try:
         return await turn
@@ -225,19 +215,18 @@ async def _answer(runtime: Runtime, request: GenerationRequest, face: Face) -> s
         loop.remove_signal_handler(signal.SIGINT)
 
 
-async def _stream(runtime: Runtime, request: GenerationRequest, face: Face) -> str:
-    generation = await runtime.generation.generate(request, route=ROUTE)
+async def _stream(client: Client, request: GenerationRequest, face: Face) -> str:
+    reply = await client.answer(request, kind="chat", stream=face.streams)
     parts: list[str] = []
     try:
         face.begin()
-        async for piece in generation:
-            if type(piece) is str:
-                parts.append(piece)
-                face.piece(piece)
+        async for piece in reply:
+            parts.append(piece)
+            face.piece(piece)
     finally:
-        await generation.aclose()
+        await reply.aclose()
     text = "".join(parts)
-    face.answered(generation, text)
+    face.answered(reply.ending, text)
     return text
 
 

@@ -7,10 +7,8 @@ import sys
 
 import typer
 
-from llmserve.cli._run import backend_settings_or_exit, fail, run
-from llmserve.settings import Settings
-
-ROUTE = "cli"
+from llmserve.cli._client import Client, api_key_option, open_client, server_option
+from llmserve.cli._run import fail, run
 
 
 def embed(
@@ -21,11 +19,13 @@ def embed(
     ),
     model: str = typer.Option(None, help="The model (default: EMBEDDING_MODEL, else active)."),
     dimensions: int = typer.Option(None, min=1, help="Shorten the vectors (where supported)."),
+    server: str = server_option(),
+    api_key: str = api_key_option(),
 ) -> None:
     """Embed text and print {"model", "embeddings": [[...]], "usage"} as JSON on stdout."""
     inputs = _read_texts(texts or [])
-    settings = backend_settings_or_exit()
-    run(_embed(settings, inputs, model, dimensions))
+    client = open_client(server, api_key)
+    run(_embed(client, inputs, model, dimensions))
 
 
 def _read_texts(texts: list[str]) -> list[str]:
@@ -49,17 +49,8 @@ def _read_texts(texts: list[str]) -> list[str]:
 
 
 async def _embed(
-    settings: Settings, inputs: list[str], model: str | None, dimensions: int | None
+    client: Client, inputs: list[str], model: str | None, dimensions: int | None
 ) -> None:
-    from llmserve.runtime import Runtime
-
-    async with Runtime(settings, follow_active_model=False) as runtime:
-        answer = await runtime.embeddings.embed(
-            inputs, route=ROUTE, model=model, dimensions=dimensions
-        )
-    payload = {
-        "model": answer.model,
-        "embeddings": answer.embeddings.vectors,
-        "usage": {"prompt_tokens": answer.embeddings.prompt_tokens},
-    }
+    async with client:
+        payload = await client.embed(inputs, model, dimensions)
     sys.stdout.write(json.dumps(payload) + "\n")

@@ -9,11 +9,18 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from llmserve.cli._run import backend_settings_or_exit, fail, run
+from llmserve.cli._client import (
+    ROUTE,
+    Client,
+    Ending,
+    api_key_option,
+    open_client,
+    server_option,
+)
+from llmserve.cli._run import fail, run
 from llmserve.domain import GenerationOptions, GenerationRequest, ResponseFormat
-from llmserve.settings import Settings
 
-ROUTE = "cli"
+__all__ = ["FORMAT_HELP", "ROUTE", "generate", "parse_format"]
 
 FORMAT_HELP = "Answer in JSON: 'json' for any JSON object, '@FILE' for the JSON Schema in FILE."
 
@@ -28,18 +35,20 @@ def generate(
     answer_format: str = typer.Option(
         None, "--format", metavar="json|@SCHEMA.json", help=FORMAT_HELP
     ),
+    server: str = server_option(),
+    api_key: str = api_key_option(),
 ) -> None:
     """Generate text with the active model, streaming it as it arrives."""
     response_format = parse_format(answer_format)
     text = _read_prompt(prompt)
-    settings = backend_settings_or_exit()
+    client = open_client(server, api_key)
     request = GenerationRequest.from_prompt(
         text,
         system,
         GenerationOptions(temperature=temperature, max_tokens=max_tokens),
         response_format=response_format,
     )
-    run(_generate(settings, request, stream=not no_stream and not json_output, as_json=json_output))
+    run(_generate(client, request, stream=not no_stream and not json_output, as_json=json_output))
 
 
 def parse_format(value: str | None) -> ResponseFormat | None:
@@ -80,35 +89,24 @@ def _read_prompt(prompt: str | None) -> str:
 
 
 async def _generate(
-    settings: Settings, request: GenerationRequest, *, stream: bool, as_json: bool
+    client: Client, request: GenerationRequest, *, stream: bool, as_json: bool
 ) -> None:
-    from llmserve.runtime import Runtime
-
+    """Print the answer: streamed as it arrives, or at once (``--no-stream``, ``--json``)."""
     out = Console(highlight=False, soft_wrap=True) if sys.stdout.isatty() else None
-    async with Runtime(settings, follow_active_model=False) as runtime:
-        generation = await runtime.generation.generate(request, route=ROUTE)
+    async with client:
+        reply = await client.answer(request, kind="generate", stream=stream)
         parts: list[str] = []
         try:
-            async for piece in generation:
-                if type(piece) is str:
-                    parts.append(piece)
-                    if stream:
-                        _write(out, piece)
+            async for piece in reply:
+                parts.append(piece)
+                if stream:
+                    _write(out, piece)
         finally:
-            await generation.aclose()
+            await reply.aclose()
         text = "".join(parts)
         if as_json:
-            result = generation.result
-            payload = {
-                "response": text,
-                "model": generation.model,
-                "done_reason": result.done_reason if result else None,
-                "usage": {
-                    "prompt_tokens": result.usage.prompt_tokens if result else None,
-                    "completion_tokens": result.usage.completion_tokens if result else None,
-                },
-            }
-            sys.stdout.write(json.dumps(payload) + "\n")
+            ending = reply.ending or Ending()
+            sys.stdout.write(json.dumps(ending.payload("response", text)) + "\n")
         elif not stream:
             _write(out, text)
         if not as_json:

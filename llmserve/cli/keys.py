@@ -28,8 +28,7 @@ from llmserve.cli._key_limits import (
     parse_limits,
     parsed,
 )
-from llmserve.cli._run import fail, stdout_console, with_database
-from llmserve.cli.models import cli_actor
+from llmserve.cli._run import cli_actor, fail, stdout_console, with_database
 from llmserve.db.tables import ApiKeyRecord
 from llmserve.services.keys import KeyService, parse_duration, policy_of
 from llmserve.services.policy import KeyPolicy

@@ -45,7 +45,8 @@ def serve(
         log_level=settings.LOG_LEVEL.lower(),
         access_log=False,
         log_config=None,  # uvicorn's loggers use ours (text or JSON, with request ids)
-        timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_S,
+        # uvicorn annotates it int but hands it to asyncio.wait_for, which takes a float
+        timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_S,  # type: ignore[arg-type]  # float ok
     )
 
 
