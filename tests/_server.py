@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,7 +22,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    def __init__(self, process: Any, base_url: str, log_path: Path) -> None:
+        """``process``: a ``subprocess.Popen``, or a ``ForkedProcess`` of ``tests/_cli_fork``."""
         self.process = process
         self.base_url = base_url
         self.log_path = log_path
@@ -47,18 +49,31 @@ def running_server(
     *,
     extra_args: tuple[str, ...] = (),
     command: tuple[str, ...] = (sys.executable, "-m", "llmserve"),
+    warm: bool = False,
 ) -> Iterator[ServerProcess]:
-    """``command serve --port N`` (``llmserve`` itself unless told), healthy, stopped after."""
+    """``command serve --port N`` (``llmserve`` itself unless told), healthy, stopped after.
+
+    ``warm``: forked from an interpreter that has imported the CLI and the app already (its own
+    process all the same: see ``tests/_cli_fork.py``), which saves seconds of imports; for tests
+    of the server's behaviour rather than of its start."""
     port = free_port()
     log_path = cwd / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*command, "serve", "--port", str(port), *extra_args],
-            env={**env, "HOST_BIND_IP": "127.0.0.1"},
-            cwd=cwd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    server_env = {**env, "HOST_BIND_IP": "127.0.0.1"}
+    process: Any
+    if warm:
+        from tests._cli_fork import spawn
+
+        assert command == (sys.executable, "-m", "llmserve"), "warm servers are llmserve's own"
+        process = spawn(["serve", "--port", str(port), *extra_args], server_env, cwd, log_path)
+    else:
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [*command, "serve", "--port", str(port), *extra_args],
+                env=server_env,
+                cwd=cwd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
         _wait_healthy(server)

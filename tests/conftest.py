@@ -84,6 +84,16 @@ def settings(env: dict[str, str]) -> Settings:
     return load_settings(env_file=None, **env)
 
 
+@pytest.fixture(scope="session")
+def llama_cpp_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on the real 270M model, started once for
+    every module that uses ``tests.backends.test_openai_backend.server_url``."""
+    from tests.backends.test_openai_backend import llama_cpp_server
+
+    with llama_cpp_server(tmp_path_factory.mktemp("llama-server")) as url:
+        yield url
+
+
 @pytest.fixture
 def subprocess_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """A clean environment for CLI and server subprocesses (no stray .env, no inherited config)."""

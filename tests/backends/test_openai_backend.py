@@ -12,6 +12,7 @@ What that server really does, and what these tests therefore pin down:
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from llmserve.backends.base import Backend, GenerationStream
 from llmserve.backends.embedded import EmbeddedBackend
 from llmserve.backends.openai import OpenAIBackend, normalise_base_url
 from llmserve.domain import GenerationOptions, GenerationRequest, Usage
+from tests._cli_fork import run as forked
 from tests._server import free_port
 
 pytestmark = pytest.mark.embedded
@@ -41,11 +43,19 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m llama_cpp.server`` on the built-in GGUF (via ``_llama_server``, see there)."""
+def server_url(llama_cpp_server_url: str) -> str:
+    """``python -m llama_cpp.server`` on the built-in GGUF: one for the whole session
+    (``tests/conftest.py``), shared by every module that imports this fixture."""
+    return llama_cpp_server_url
+
+
+@contextlib.contextmanager
+def llama_cpp_server(scratch: Path) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on the built-in GGUF (via ``_llama_server``, see there):
+    its URL while it serves."""
     model = EmbeddedBackend().built_in_path
     port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    log_path = scratch / "server.log"
     command = [
         sys.executable,
         "-m",
@@ -262,7 +272,7 @@ def test_llmserve_in_front_of_an_openai_compatible_engine(server_url: str, tmp_p
         "DATABASE_URL": f"sqlite:///{tmp_path / 'openai.db'}",
         "LOG_LEVEL": "WARNING",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         assert httpx.get(server.base_url + "/api/v1/models/active").json() == {"model": ALIAS}
         body = {"prompt": "Why is the sky blue?", "options": {"max_tokens": 12}}
         answer = httpx.post(server.base_url + "/api/v1/generate", json=body, timeout=60)
@@ -283,13 +293,6 @@ def test_llmserve_in_front_of_an_openai_compatible_engine(server_url: str, tmp_p
         assert pull.status_code == 501
         assert pull.json()["code"] == "not_supported"
         assert httpx.get(server.base_url + "/ready").status_code == 200
-    result = subprocess.run(
-        [sys.executable, "-m", "llmserve", "models", "pull", "other"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = forked(["models", "pull", "other"], env, tmp_path)  # tests/_cli_fork.py
     assert result.returncode == 5
     assert "not supported" in result.stderr and "Traceback" not in result.stderr

@@ -23,7 +23,7 @@ def test_full_queue_and_queue_timeout_are_429_and_slots_are_released(
         "MAX_QUEUED_GENERATIONS": "1",
         "QUEUE_TIMEOUT_S": "1",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         ollama.enqueue(Script(tokens=["t"] * 80, delay_s=0.05))  # holds the only slot ~4 s
         holder = httpx.stream(
             "POST", server.base_url + URL, json={"prompt": "x", "stream": True}, timeout=10

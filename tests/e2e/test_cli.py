@@ -16,6 +16,7 @@ from sqlalchemy import select as sql_select
 
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.db.tables import RequestLogRecord
+from tests._cli_fork import run as forked
 from tests.e2e._cli import LLMSERVE, assert_one_red_line, run
 from tests.fakes.ollama_double import OllamaDouble, Script
 
@@ -34,7 +35,12 @@ COMMANDS = [
     ["logs"],
     ["logs", "prune"],
     ["stats"],
+    ["backends"],
 ]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_every_command_is_covered_by_the_help_test() -> None:
@@ -47,7 +53,10 @@ def test_every_command_is_covered_by_the_help_test() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
 def test_help_renders_for_every_command(command: list[str], tmp_path: Path) -> None:
-    result = run([*command, "--help"], {"PATH": os.environ["PATH"]}, tmp_path)
+    # The top level starts cold, as a user's first command does; the rest are forked from a
+    # warm interpreter (tests/_cli_fork.py), real processes all the same.
+    help_of = run if not command else forked
+    result = help_of([*command, "--help"], {"PATH": os.environ["PATH"]}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
@@ -125,7 +134,7 @@ def test_generate_renders_with_rich_on_a_terminal(
 def test_generate_reads_the_prompt_from_stdin(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, argument: list[str]
 ) -> None:
-    result = run(["generate", *argument], subprocess_env, tmp_path, stdin="from a pipe\n")
+    result = forked(["generate", *argument], subprocess_env, tmp_path, stdin="from a pipe\n")
     assert result.returncode == 0, result.stderr
     generate = [r for r in ollama.requests if r.path == "/api/chat"][-1].json
     assert generate["messages"] == [{"role": "user", "content": "from a pipe\n"}]
@@ -135,7 +144,7 @@ def test_generate_options_no_stream_and_json(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     ollama.enqueue(Script(tokens=["a", "b"], prompt_eval_count=3))
-    result = run(
+    result = forked(
         [
             "generate",
             "hi",
@@ -158,14 +167,14 @@ def test_generate_options_no_stream_and_json(
     assert sent["messages"][0] == {"role": "system", "content": "terse"}
     assert sent["options"] == {"temperature": 0.3, "num_predict": 9}
     ollama.enqueue(Script(tokens=["x", "y"]))
-    plain = run(["generate", "hi", "--no-stream"], subprocess_env, tmp_path)
+    plain = forked(["generate", "hi", "--no-stream"], subprocess_env, tmp_path)
     assert plain.stdout == "xy\n"
 
 
 def test_generate_writes_a_request_log_row(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
 ) -> None:
-    assert run(["generate", "hi"], subprocess_env, tmp_path).returncode == 0
+    assert forked(["generate", "hi"], subprocess_env, tmp_path).returncode == 0
     engine = make_engine(db_url)
     with make_sessions(engine)() as session:
         rows = list(session.scalars(sql_select(RequestLogRecord)))
@@ -177,7 +186,7 @@ def test_generate_with_the_backend_down_is_one_red_line(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**subprocess_env, "OLLAMA_BASE_URL": "http://127.0.0.1:9"}
-    result = run(["generate", "hi"], env, tmp_path)
+    result = forked(["generate", "hi"], env, tmp_path)
     assert_one_red_line(result)
     assert "cannot connect to Ollama" in result.stderr
     assert result.returncode == 9
@@ -187,7 +196,7 @@ def test_generate_with_a_missing_model_is_one_red_line(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     ollama.remove_model("llama3.2")
-    result = run(["generate", "hi"], subprocess_env, tmp_path)
+    result = forked(["generate", "hi"], subprocess_env, tmp_path)
     assert_one_red_line(result)
     assert "not installed" in result.stderr
 
@@ -196,7 +205,7 @@ def test_generate_mid_stream_failure_is_one_red_line(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     ollama.enqueue(Script(tokens=["a", "b", "c"], error_after=2, error="runner crashed"))
-    result = run(["generate", "hi"], subprocess_env, tmp_path)
+    result = forked(["generate", "hi"], subprocess_env, tmp_path)
     assert result.stdout.startswith("ab")
     assert_one_red_line(result)
     assert "runner crashed" in result.stderr
@@ -205,7 +214,7 @@ def test_generate_mid_stream_failure_is_one_red_line(
 def test_generate_with_an_empty_prompt_is_one_red_line(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    assert_one_red_line(run(["generate", "   "], subprocess_env, tmp_path))
+    assert_one_red_line(forked(["generate", "   "], subprocess_env, tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -220,7 +229,7 @@ def test_generate_with_an_empty_prompt_is_one_red_line(
 def test_a_bad_setting_is_one_red_line_naming_it(
     subprocess_env: dict[str, str], tmp_path: Path, name: str, value: str, command: list[str]
 ) -> None:
-    result = run(command, {**subprocess_env, name: value}, tmp_path)
+    result = forked(command, {**subprocess_env, name: value}, tmp_path)
     assert_one_red_line(result)
     assert name in result.stderr
     assert result.returncode == 2
@@ -230,7 +239,7 @@ def test_a_missing_built_in_model_stops_serve(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {k: v for k, v in subprocess_env.items() if k != "BUILT_IN_OLLAMA_MODEL"}
-    result = run(["serve"], env, tmp_path)
+    result = forked(["serve"], env, tmp_path)
     assert_one_red_line(result)
     assert "BUILT_IN_OLLAMA_MODEL" in result.stderr
 
@@ -245,6 +254,9 @@ def test_ctrl_c_stops_the_generation_upstream_and_exits_130(
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # As a shell starts it, whatever the runner's own SIGINT was (a background job's is
+        # ignored, and a child would inherit that).
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     assert process.stdout.read1(10)  # type: ignore[attr-defined]  # it is generating

@@ -22,7 +22,9 @@ from sqlalchemy import select as sql_select
 
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.db.tables import RequestLogRecord
-from tests.e2e._cli import LLMSERVE, assert_one_red_line, run
+from tests._cli_fork import run
+from tests.e2e._cli import LLMSERVE, assert_one_red_line
+from tests.e2e._cli import run as cold
 from tests.fakes.ollama_double import OllamaDouble, Script
 
 
@@ -56,7 +58,7 @@ def test_json_mode_answers_each_line_and_keeps_the_conversation(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     ollama.enqueue(Script(tokens=["Par", "is."]), Script(tokens=["About 2 ", "million."]))
-    result = run(
+    result = cold(  # as a user starts it; the other piped runs are forked (tests/_cli_fork.py)
         ["chat", "--json", "--system", "Be brief", "--temperature", "0.2", "--max-tokens", "20"],
         subprocess_env,
         tmp_path,

@@ -11,7 +11,9 @@ from sqlalchemy import select as sql_select
 
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.db.tables import RequestLogRecord
-from tests.e2e._cli import assert_one_red_line, run
+from tests._cli_fork import run
+from tests.e2e._cli import assert_one_red_line
+from tests.e2e._cli import run as cold
 from tests.fakes.ollama_double import OllamaDouble, Script
 
 
@@ -25,7 +27,8 @@ def last_chat(ollama: OllamaDouble) -> dict[str, Any]:
 def test_embed_prints_the_vector_as_json(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
 ) -> None:
-    result = run(["embed", "the quick brown fox"], subprocess_env, tmp_path)
+    # As a user starts it; the other runs are forked from a warm interpreter (_cli_fork.py).
+    result = cold(["embed", "the quick brown fox"], subprocess_env, tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     record = ollama.embeddings[-1]

@@ -3,7 +3,9 @@ naming the variable and exit 2 (which the entrypoint does not retry), never a tr
 uvicorn's exit 3; with ``LOG_FORMAT=json`` every line they print is a JSON object.
 
 Real subprocesses; nothing here needs the database server or the Ollama double, since every case
-stops (or, for migrate, finishes on a SQLite file) before either would be used.
+stops (or, for migrate, finishes on a SQLite file) before either would be used. Two start cold, as
+the entrypoint starts them; the others are forked from a warm interpreter (``tests/_cli_fork.py``),
+which prints again whatever importing the commands printed.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests._cli_fork import run as forked
 from tests.e2e._cli import assert_one_red_line, run
 
 # Imports llmserve with llama_cpp hidden (find_spec then finds nothing), as in an image
 # built without the embedded extra.
+HIDE_LLAMA = "import sys; sys.modules['llama_cpp'] = None"
 WITHOUT_LLAMA = (
-    "import sys; sys.modules['llama_cpp'] = None; sys.argv = ['llmserve', *sys.argv[1:]]; "
-    "from llmserve.cli import main; main()"
+    f"{HIDE_LLAMA}; sys.argv = ['llmserve', *sys.argv[1:]]; from llmserve.cli import main; main()"
 )
 
 
@@ -68,7 +71,7 @@ def test_an_embedded_model_path_that_is_no_file_stops_serve_with_one_line(
     base_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**base_env, "LLM_BACKEND": "embedded", "EMBEDDED_MODEL_PATH": str(tmp_path / "no.gguf")}
-    result = run(["serve"], env, tmp_path)
+    result = forked(["serve"], env, tmp_path)
     assert_one_red_line(result)
     assert "EMBEDDED_MODEL_PATH" in result.stderr
     assert result.returncode == 2
@@ -79,7 +82,7 @@ def test_a_sqlite_file_in_a_missing_folder_is_a_bad_setting_not_an_outage(
     base_env: dict[str, str], tmp_path: Path, command: list[str]
 ) -> None:
     env = {**base_env, "DATABASE_URL": f"sqlite:///{tmp_path / 'absent' / 'llmserve.db'}"}
-    result = run(command, env, tmp_path)
+    result = forked(command, env, tmp_path)
     assert_one_red_line(result)
     assert "DATABASE_URL" in result.stderr and "does not exist" in result.stderr
     assert result.returncode == 2  # not 7, which the entrypoint would retry for a minute
@@ -109,7 +112,7 @@ def test_migrate_logs_json_lines_when_asked(base_env: dict[str, str], tmp_path: 
 
 
 def test_migrate_prints_plain_text_by_default(base_env: dict[str, str], tmp_path: Path) -> None:
-    result = run(["migrate"], base_env, tmp_path)
+    result = forked(["migrate"], base_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().startswith("Database is at revision")
 
@@ -126,7 +129,7 @@ def test_a_bad_setting_is_one_json_line_when_json_logs_are_asked(
     base_env: dict[str, str], tmp_path: Path, name: str, value: str, command: list[str]
 ) -> None:
     env = {**base_env, "LOG_FORMAT": "json", name: value}
-    result = _run_without_llama(command, env, tmp_path)
+    result = forked(command, env, tmp_path, prelude=HIDE_LLAMA)
     assert result.returncode == 2
     (line,) = _json_lines(result.stderr)
     assert line["level"] == "ERROR"
@@ -136,7 +139,7 @@ def test_a_bad_setting_is_one_json_line_when_json_logs_are_asked(
 def test_an_invalid_log_format_itself_is_reported_in_text(
     base_env: dict[str, str], tmp_path: Path
 ) -> None:
-    result = run(["migrate"], {**base_env, "LOG_FORMAT": "xml"}, tmp_path)
+    result = forked(["migrate"], {**base_env, "LOG_FORMAT": "xml"}, tmp_path)
     assert_one_red_line(result)
     assert "LOG_FORMAT" in result.stderr
     assert result.returncode == 2

@@ -53,7 +53,7 @@ def embedded_env(tmp_path_factory: pytest.TempPathFactory, built_in_gguf: Path) 
 def server(
     embedded_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    with running_server(embedded_env, tmp_path_factory.mktemp("cwd")) as server:
+    with running_server(embedded_env, tmp_path_factory.mktemp("cwd"), warm=True) as server:
         yield server
 
 

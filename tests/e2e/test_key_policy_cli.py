@@ -1,6 +1,9 @@
 """``llmserve keys create|update|list`` with limits, and ``stats --by key``, as users run them:
 real subprocesses on the real PostgreSQL (and once on SQLite). Usage is made through the key
-policy's own counters (``PolicyService``), by a running server, or as rows the policy writes."""
+policy's own counters (``PolicyService``), by a running server, or as rows the policy writes.
+
+The commands are forked from a warm interpreter (``tests/_cli_fork.py``: real processes, without
+seconds of imports each); the first ``keys create`` starts cold, as an operator's does."""
 
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from llmserve.db.tables import KeyLeaseRecord, KeyUsageRecord, RequestLogRecord
 from llmserve.services.keys import KeyService, Principal, policy_of
 from llmserve.services.policy import KeyPolicy, PolicyService, span_start
 from llmserve.services.usage import UsageService
+from tests._cli_fork import run
 from tests._server import running_server
-from tests.e2e._cli import assert_one_red_line, run
+from tests.e2e._cli import assert_one_red_line
+from tests.e2e._cli import run as cold
 from tests.fakes.ollama_double import OllamaDouble, Script
 
 NO_LIMITS = {"rpm": None, "tpm": None, "concurrency": None, "budget": None, "models": None}
@@ -108,7 +113,7 @@ def test_create_with_every_option_and_list_them(
     subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
     created = ok(
-        run(
+        cold(
             [
                 "keys", "create", "team", "--admin", "--expires-in", "30d",
                 "--rpm", "10", "--tpm", "5000", "--concurrency", "2",
@@ -392,7 +397,7 @@ def test_an_update_reaches_a_running_server_and_its_usage_shows(
     ).stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}
     wait_for_minute_start(margin_s=12)
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         url = server.base_url + "/api/v1/generate"
         assert httpx.post(url, json={"prompt": "hi"}, headers=headers).status_code == 403
         ok(run(["keys", "update", "app", "--clear", "models"], env, tmp_path))

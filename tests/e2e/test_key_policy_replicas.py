@@ -5,6 +5,8 @@ connections (``ALLOW_CONNECTIONS false``, sessions cut) or silent (a partition, 
 relay that stops carrying bytes).
 
 The numbers each test measured (admitted per replica, refused, elapsed) are printed: ``-s``.
+The replicas are forked from a warm interpreter (``running_server(warm=True)``): real processes
+that skip seconds of imports each.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def test_a_stream_the_client_leaves_is_charged_what_was_produced(
     key_id, auth = make_key(db_url, "leaver", tpm=1_000_000)
     wait_for_fresh_minute(margin_s=15)
     env = {**subprocess_env, "AUTH_REQUIRED": "true"}
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         ollama.enqueue(Script(tokens=["t "] * 200, delay_s=0.02))
         body = {"prompt": "long", "stream": True}
         with httpx.stream("POST", server.base_url + URL, json=body, headers=auth) as response:
@@ -180,7 +182,10 @@ def test_rpm_10_admits_exactly_10_in_total_sent_alternately_to_two_replicas(
     subprocess_env: dict[str, str], tmp_path: Path, db_url: str
 ) -> None:
     env = {**subprocess_env, "AUTH_REQUIRED": "true"}
-    with running_server(env, tmp_path) as a, running_server(env, tmp_path) as b:
+    with (
+        running_server(env, tmp_path, warm=True) as a,
+        running_server(env, tmp_path, warm=True) as b,
+    ):
         key_id, outcomes, elapsed = in_one_minute(
             db_url,
             "alternate",
@@ -203,7 +208,10 @@ def test_rpm_10_admits_exactly_10_in_total_of_concurrent_requests_to_two_replica
     subprocess_env: dict[str, str], tmp_path: Path, db_url: str
 ) -> None:
     env = {**subprocess_env, "AUTH_REQUIRED": "true"}
-    with running_server(env, tmp_path) as a, running_server(env, tmp_path) as b:
+    with (
+        running_server(env, tmp_path, warm=True) as a,
+        running_server(env, tmp_path, warm=True) as b,
+    ):
         replicas = [("A", a), ("B", b)]
 
         def concurrently(auth: dict[str, str]) -> list[Outcome]:
@@ -237,7 +245,10 @@ def test_a_crashed_replicas_lease_expires_and_a_live_replicas_lease_is_renewed(
 ) -> None:
     key_id, auth = make_key(db_url, "one-at-a-time", concurrency=1)
     env = {**subprocess_env, "AUTH_REQUIRED": "true", "POLICY_LEASE_S": str(LEASE_S)}
-    with running_server(env, tmp_path) as a, running_server(env, tmp_path) as b:
+    with (
+        running_server(env, tmp_path, warm=True) as a,
+        running_server(env, tmp_path, warm=True) as b,
+    ):
         ollama.enqueue(Script(tokens=["t "] * 600, delay_s=0.05))  # ~30 s unless cut short
         received: list[float] = []
         first = threading.Event()
@@ -361,7 +372,7 @@ def test_fail_open_serves_known_keys_uncounted_and_charges_them_once_the_databas
         "AUTH_REQUIRED": "true",
         "POLICY_FAIL_MODE": "open",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         minute = wait_for_fresh_minute()
         before = [charged(ollama, server, limited).status for _ in range(2)]
         assert before == [200, 200]
@@ -427,7 +438,7 @@ def test_fail_closed_refuses_limited_keys_with_503_and_serves_keys_without_limit
         "AUTH_REQUIRED": "true",
         "POLICY_FAIL_MODE": "closed",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         assert generate(server, limited).status == 200
 
         with outage(url, admin_url):
@@ -485,7 +496,7 @@ def test_a_database_that_falls_silent_is_down_too(
     }
     expected = 200 if mode == "open" else 503
     try:
-        with running_server(env, tmp_path) as server:
+        with running_server(env, tmp_path, warm=True) as server:
             assert generate(server, limited).status == 200
             link.silence()
             timings = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests._cli_fork import run as forked
 from tests._server import running_server
 from tests.fakes.ollama_double import OllamaDouble
 
@@ -18,6 +19,12 @@ LLMSERVE = [sys.executable, "-m", "llmserve"]
 
 
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A real ``llmserve`` process, forked from a warm interpreter (``tests/_cli_fork.py``)."""
+    return forked(args, env, cwd)
+
+
+def cold(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The same, started from nothing as an operator starts it."""
     return subprocess.run(
         [*LLMSERVE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
@@ -27,14 +34,17 @@ def test_a_revoked_key_stops_working_on_every_server_within_a_second(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     env = {**subprocess_env, "AUTH_REQUIRED": "true", "LOG_LEVEL": "DEBUG"}
-    created = cli(["keys", "create", "mobile-app", "--expires-in", "30d"], env, tmp_path)
+    created = cold(["keys", "create", "mobile-app", "--expires-in", "30d"], env, tmp_path)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert created.stdout == key + "\n", "the key must be alone on stdout"
     assert re.fullmatch(r"llms_[A-Za-z0-9_-]{43}", key)
     admin = cli(["keys", "create", "ops", "--admin"], env, tmp_path).stdout.strip()
 
-    with running_server(env, tmp_path) as a, running_server(env, tmp_path) as b:
+    with (
+        running_server(env, tmp_path, warm=True) as a,
+        running_server(env, tmp_path, warm=True) as b,
+    ):
         headers = {"Authorization": f"Bearer {key}"}
         for server in (a, b):
             response = httpx.post(

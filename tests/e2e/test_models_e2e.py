@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests._cli_fork import run as forked
 from tests._server import running_server
 from tests.fakes.ollama_double import OllamaDouble
 
@@ -37,8 +38,8 @@ def test_a_switch_through_one_server_reaches_the_other_within_a_second(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     with (
-        running_server(subprocess_env, tmp_path) as a,
-        running_server(subprocess_env, tmp_path) as b,
+        running_server(subprocess_env, tmp_path, warm=True) as a,
+        running_server(subprocess_env, tmp_path, warm=True) as b,
     ):
         delays = []
         for target in ["qwen2.5:0.5b", "llama3.2:latest"] * 3:
@@ -53,26 +54,28 @@ def test_a_switch_through_one_server_reaches_the_other_within_a_second(
 def test_cli_switch_reaches_a_running_server(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
-    with running_server(subprocess_env, tmp_path) as server:
-        result = cli(["models", "switch", "qwen2.5:0.5b"], subprocess_env, tmp_path)
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
+        result = forked(["models", "switch", "qwen2.5:0.5b"], subprocess_env, tmp_path)
         assert result.returncode == 0, result.stderr
         assert "Switched active model to qwen2.5:0.5b" in result.stderr
         assert wait_active(server.base_url, "qwen2.5:0.5b") < 1.0
         generated = httpx.post(server.base_url + "/api/v1/generate", json={"prompt": "x"})
         assert generated.json()["model"] == "qwen2.5:0.5b"
-        active = cli(["models", "active"], subprocess_env, tmp_path)
+        active = forked(["models", "active"], subprocess_env, tmp_path)
         assert active.stdout == "qwen2.5:0.5b\n"
 
 
 def test_cli_models_list_table_and_json(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
-    table = cli(["models", "list"], subprocess_env, tmp_path)
+    table = forked(["models", "list"], subprocess_env, tmp_path)
     assert table.returncode == 0, table.stderr
     assert "llama3.2:latest" in table.stdout and "qwen2.5:0.5b" in table.stdout
     rows = [
         json.loads(line)
-        for line in cli(["models", "list", "--json"], subprocess_env, tmp_path).stdout.splitlines()
+        for line in forked(
+            ["models", "list", "--json"], subprocess_env, tmp_path
+        ).stdout.splitlines()
     ]
     by_name = {row["name"]: row for row in rows}
     assert by_name["llama3.2:latest"]["built_in"] and by_name["llama3.2:latest"]["active"]
@@ -103,11 +106,11 @@ def test_cli_pull_shows_progress_and_installs(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     ollama.add_registry_model("mistral:7b", size=5_000)
-    result = cli(["models", "pull", "mistral:7b"], subprocess_env, tmp_path)
+    result = forked(["models", "pull", "mistral:7b"], subprocess_env, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Pulled mistral:7b" in result.stderr
     assert "mistral:7b" in ollama.models
-    unknown = cli(["models", "pull", "nosuchmodel"], subprocess_env, tmp_path)
+    unknown = forked(["models", "pull", "nosuchmodel"], subprocess_env, tmp_path)
     assert unknown.returncode == 3
     assert "Traceback" not in unknown.stderr
 
@@ -122,7 +125,7 @@ def test_a_client_leaving_mid_pull_leaves_no_half_recorded_state(
 
     ollama.add_registry_model("mistral:7b", size=50_000)
     ollama.pull_delay_s = 0.05
-    with running_server(subprocess_env, tmp_path) as server:
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
         with httpx.stream(
             "POST",
             server.base_url + "/api/v1/models/pull?stream=true",

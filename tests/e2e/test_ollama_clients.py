@@ -16,7 +16,6 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from sqlalchemy import text
 
 from llmserve.db.base import Base
 from llmserve.db.session import make_engine
+from tests._cli_fork import run as forked
 from tests._server import ServerProcess, running_server
 from tests.conftest import BUILT_IN
 from tests.fakes.ollama_double import GenerationRecord, OllamaDouble, Script
@@ -130,8 +130,8 @@ def _empty_tables(database_url: str) -> None:
 
 
 def _create_key(env: dict[str, str], cwd: Path, name: str, *, admin: bool) -> str:
-    args = [*LLMSERVE, "keys", "create", name, *(["--admin"] if admin else [])]
-    created = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    """``llmserve keys create``, forked from a warm interpreter (``tests/_cli_fork.py``)."""
+    created = forked(["keys", "create", name, *(["--admin"] if admin else [])], env, cwd)
     assert created.returncode == 0, created.stderr
     return created.stdout.strip()
 
@@ -151,7 +151,7 @@ def deployment(
         if auth_required:
             user_key = _create_key(env, cwd, "ollama-client", admin=False)
             admin_key = _create_key(env, cwd, "ollama-admin", admin=True)
-        with running_server(env, cwd) as server:
+        with running_server(env, cwd, warm=True) as server:
             yield Deployment(server, auth_required, user_key, admin_key)
     finally:
         _empty_tables(database_url)

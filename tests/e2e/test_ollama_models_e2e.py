@@ -22,7 +22,7 @@ from tests.fakes.ollama_double import OllamaDouble
 
 @pytest.fixture
 def server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(subprocess_env, tmp_path) as server:
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
         yield server
 
 

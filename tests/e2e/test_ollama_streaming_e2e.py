@@ -21,7 +21,7 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "count"}]}
 
 @pytest.fixture
 def server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(subprocess_env, tmp_path) as server:
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
         yield server
 
 

@@ -23,7 +23,9 @@ URL = "/api/v1/generate"
 
 @pytest.fixture
 def server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server({**subprocess_env, "SSE_PING_INTERVAL_S": "0.3"}, tmp_path) as server:
+    with running_server(
+        {**subprocess_env, "SSE_PING_INTERVAL_S": "0.3"}, tmp_path, warm=True
+    ) as server:
         yield server
 
 
@@ -158,7 +160,7 @@ def test_the_server_keeps_serving_after_failures(
 def test_sigterm_exits_cleanly_with_every_row_written(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble, db_url: str
 ) -> None:
-    with running_server(subprocess_env, tmp_path) as server:
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
         for _ in range(5):
             httpx.post(server.base_url + URL, json={"prompt": "x"}, timeout=5)
         assert server.stop() == 0

@@ -42,7 +42,7 @@ def server(
         REQUEST_TIMEOUT_S=REQUEST_TIMEOUT_S,
         BACKEND_CONNECT_TIMEOUT_S=1,
     )
-    with running_server(env, tmp_path_factory.mktemp("backend-faults")) as server:
+    with running_server(env, tmp_path_factory.mktemp("backend-faults"), warm=True) as server:
         yield server
 
 

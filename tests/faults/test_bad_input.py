@@ -39,7 +39,7 @@ def module_server(
     database_url: str, ollama_server: OllamaDouble, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     env = server_env(database_url, ollama_server.base_url)
-    with running_server(env, tmp_path_factory.mktemp("bad-input")) as server:
+    with running_server(env, tmp_path_factory.mktemp("bad-input"), warm=True) as server:
         yield server
         assert server.process.poll() is None, server.log()  # no input killed it
 

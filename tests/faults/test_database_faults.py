@@ -32,7 +32,7 @@ def proxy_and_server(
             REQUEST_LOG_BUFFER=BUFFER,
             ACTIVE_MODEL_REFRESH_S=0.2,
         )
-        with running_server(env, tmp_path_factory.mktemp("database-faults")) as server:
+        with running_server(env, tmp_path_factory.mktemp("database-faults"), warm=True) as server:
             yield proxy, server
 
 

@@ -102,7 +102,7 @@ def load_server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Serv
         "MAX_QUEUED_GENERATIONS": "64",
         "QUEUE_TIMEOUT_S": "30",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         yield server
 
 
@@ -186,7 +186,7 @@ def small_server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[Ser
         "FIRST_TOKEN_TIMEOUT_S": "1.5",
         "TOKEN_IDLE_TIMEOUT_S": "0.5",
     }
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         yield server
 
 

@@ -66,6 +66,9 @@ def test_version_with_ollama_down_is_503(make_client: Callable[..., TestClient])
 # -- tags, ps, show -------------------------------------------------------------------------------
 
 
+TAGS_KEYS = ["name", "model", "modified_at", "size", "digest", "details"]
+
+
 def test_tags_lists_ollamas_models_newest_first(client: TestClient, ollama: OllamaDouble) -> None:
     ollama.add_model("old:1b", modified_at="2024-01-01T00:00:00Z")
     ollama.add_model("mine/new:2b", modified_at="2099-01-01T00:00:00.5Z")
@@ -77,7 +80,8 @@ def test_tags_lists_ollamas_models_newest_first(client: TestClient, ollama: Olla
     assert set(names) == {"mine/new:2b", "llama3.2:latest", "qwen2.5:0.5b", "old:1b"}
     theirs = {item["name"]: item for item in upstream(ollama, "GET", "/api/tags").json()["models"]}
     for item in models:
-        assert list(item) == ["name", "model", "modified_at", "size", "digest", "details"]
+        assert list(item) == [*TAGS_KEYS, "backends"]
+        assert item["backends"] == [ollama.base_url]  # llmserve's addition: where it lives
         assert item["model"] == item["name"]
         assert re.fullmatch(r"[0-9a-f]{64}", item["digest"])
         mine = theirs[item["name"]]

@@ -26,7 +26,7 @@ TOKENS = ["The ", "sky ", "is ", "blue."]
 
 @pytest.fixture
 def server(subprocess_env: dict[str, str], tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(subprocess_env, tmp_path) as server:
+    with running_server(subprocess_env, tmp_path, warm=True) as server:
         yield server
 
 
@@ -130,7 +130,7 @@ def test_errors_raise_the_sdk_exceptions(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
     env = {**subprocess_env, "MAX_CONCURRENT_GENERATIONS": "1", "MAX_QUEUED_GENERATIONS": "0"}
-    with running_server(env, tmp_path) as server:
+    with running_server(env, tmp_path, warm=True) as server:
         client = _client(server, max_retries=0)
         with pytest.raises(openai.NotFoundError) as not_found:
             client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]

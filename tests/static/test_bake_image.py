@@ -13,12 +13,21 @@ from pathlib import Path
 import pytest
 
 from llmserve.cli.bake_image import default_tag
+from tests._cli_fork import run as forked
 from tests.static._files import ROOT, env_without, write_executable
 
 DOCKERFILE = ROOT / "docker" / "ollama.Dockerfile"
 
 
 def _run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``llmserve bake-image ARGS``, forked from a warm interpreter (``tests/_cli_fork.py``)."""
+    return forked(
+        ["bake-image", *args], env_without("BUILT_IN_OLLAMA_MODEL", "DOCKER_STUB_LOG", **env), cwd
+    )
+
+
+def _cold(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The same, started from nothing as a user starts it."""
     return subprocess.run(
         [sys.executable, "-m", "llmserve", "bake-image", *args],
         cwd=cwd,
@@ -45,7 +54,7 @@ def _stub_docker(directory: Path, script: str) -> str:
 
 
 def test_dry_run_prints_the_exact_build_command(tmp_path):
-    result = _run(tmp_path, "--model", "llama3.2:1b", "--dry-run")
+    result = _cold(tmp_path, "--model", "llama3.2:1b", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "docker build -f docker/ollama.Dockerfile --build-arg BUILT_IN_OLLAMA_MODEL=llama3.2:1b"

@@ -14,12 +14,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve.db.session import make_engine, make_sessions
 from llmserve.services.usage import UsageService
+from tests._cli_fork import run as forked
 from tests.usage._data import seed
 
 LLMSERVE = [sys.executable, "-m", "llmserve"]
 
 
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A real ``llmserve`` process, stdin not a terminal (forked from a warm interpreter: see
+    ``tests/_cli_fork.py``; one test starts it cold, as a user does)."""
+    return forked(args, env, cwd)
+
+
+def cold(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LLMSERVE, *args],
         env=env,
@@ -57,7 +64,7 @@ def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
 def test_logs_lists_the_latest_rows(
     sessions: sessionmaker[Session], subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    table = cli(["logs"], subprocess_env, tmp_path)
+    table = cold(["logs"], subprocess_env, tmp_path)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert "time (UTC)" in table.stdout and "prompt" in lines[1] and "response" in lines[1]
