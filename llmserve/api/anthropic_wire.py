@@ -25,15 +25,12 @@ the block's delta event are encoded when the block opens.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from llmserve import errors
 from llmserve.api import errors as api_errors
@@ -101,23 +98,11 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(body, status_code=400)
 
 
-class AnthropicRoute(APIRoute):
+class AnthropicRoute(api_errors.FaceRoute):
     """A route whose failures before the first byte are answered in Anthropic's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return validation_error_response(exc)
-            except errors.LlmserveError as exc:
-                return api_errors.error_response(exc, face="anthropic")
-            except HTTPException as exc:  # FastAPI's own: a body it cannot parse
-                return api_errors.framework_error_response(exc, face="anthropic")
-
-        return handle
+    face = "anthropic"
+    validation = staticmethod(validation_error_response)
 
 
 # -- the whole message -------------------------------------------------------------------------

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Scope, Send
 
@@ -235,3 +236,28 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(item) for item in value]
     return value
+
+
+class FaceRoute(APIRoute):
+    """A route whose failures before the first byte are answered in its face's envelope:
+    ``validation`` turns FastAPI's 422 into the face's 400, llmserve errors and the framework's
+    own refusals (a body it cannot parse) get the face's body. Subclasses set both."""
+
+    face: Face = "native"
+    validation: Callable[[RequestValidationError], JSONResponse]
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        face, validation = self.face, type(self).validation
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return validation(exc)
+            except errors.LlmserveError as exc:
+                return error_response(exc, face=face)
+            except HTTPException as exc:
+                return framework_error_response(exc, face=face)
+
+        return handle

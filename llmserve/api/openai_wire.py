@@ -33,15 +33,12 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
-from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from llmserve import errors
 from llmserve.api import errors as api_errors
@@ -142,23 +139,11 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(envelope(message, "invalid_request_error", param, code), status_code=400)
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(api_errors.FaceRoute):
     """A route whose failures before the first byte are answered in OpenAI's envelope."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                return validation_error_response(exc)
-            except errors.LlmserveError as exc:
-                return error_response(exc)
-            except HTTPException as exc:  # FastAPI's own: a body it cannot parse
-                return api_errors.framework_error_response(exc, face="openai")
-
-        return handle
+    face = "openai"
+    validation = staticmethod(validation_error_response)
 
 
 # -- whole responses ---------------------------------------------------------------------------
