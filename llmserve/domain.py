@@ -13,7 +13,8 @@ A backend's stream yields **typed events**, in batches (one list per upstream re
 * :class:`Thinking`: a fragment of a thinking model's reasoning, apart from the answer (only
   for requests through Ollama's API, whose clients read it);
 * the end: :class:`GenerationResult` (done reason ``stop`` | ``length`` | ``tool_calls``,
-  usage, the tool calls whole) is set on the stream when its iteration ends.
+  usage, the tool calls whole, the stop string that ended it where the engine says which) is
+  set on the stream when its iteration ends.
 """
 
 from __future__ import annotations
@@ -232,6 +233,10 @@ class GenerationResult:
     #: The engine's own final fields the core has no concept of, for the face that speaks
     #: its language (Ollama: ``context``, the durations, ``logprobs``).
     native: dict[str, Any] = field(default_factory=dict)
+    #: Which of the request's stop strings ended the generation (done reason ``stop``), when
+    #: the engine says which; None for an end of turn, and wherever the engine does not say
+    #: (Ollama answers ``stop`` for both, so through Ollama it is always None).
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -8,7 +8,7 @@ without one)::
     content_block_delta  (text_delta, or input_json_delta with a partial_json fragment) …
     content_block_stop
     … one block per text run and per tool call …
-    message_delta        (stop_reason, usage: input and output tokens)
+    message_delta        (stop_reason, stop_sequence, usage: input and output tokens)
     message_stop
 
 The prompt's token count is known only at the end, so ``message_start`` says 0 input tokens and
@@ -53,11 +53,21 @@ def new_message_id() -> str:
 
 
 def stop_reason(result: GenerationResult | None) -> StopReason:
-    """Anthropic's ``stop_reason`` for a done reason."""
+    """Anthropic's ``stop_reason`` for a done reason: ``stop_sequence`` when the backend said
+    which stop string ended it (``stop_sequence`` then gives it), else ``end_turn``."""
     reason = result.done_reason if result is not None else "stop"
     if reason == "length":
         return "max_tokens"
-    return "tool_use" if reason == "tool_calls" else "end_turn"
+    if reason == "tool_calls":
+        return "tool_use"
+    return "stop_sequence" if stop_sequence(result) is not None else "end_turn"
+
+
+def stop_sequence(result: GenerationResult | None) -> str | None:
+    """The matched stop string Anthropic's ``stop_sequence`` gives, or None."""
+    if result is None or result.done_reason != "stop":
+        return None
+    return result.stop_sequence
 
 
 def event(name: str, payload: Any) -> bytes:
@@ -121,6 +131,7 @@ def whole_message(generation: Generation) -> MessageObject:
         model=generation.model,
         content=content,
         stop_reason=stop_reason(result),
+        stop_sequence=stop_sequence(result),
         usage=Usage(
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else 0,
@@ -218,7 +229,7 @@ class MessageEvents:
         result = self._generation.result or GenerationResult()
         delta = {
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(result), "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason(result), "stop_sequence": stop_sequence(result)},
             "usage": {
                 "input_tokens": result.usage.prompt_tokens,
                 "output_tokens": result.usage.completion_tokens,

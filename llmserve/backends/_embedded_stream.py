@@ -129,16 +129,17 @@ class GenerationJob:
                 text = decoder.feed(detokenize([token]))
                 if text:
                     self._emit(text)
-                if decoder.stopped:
+                if decoder.matched is not None:
                     done_reason = "stop"
                     break
                 if produced >= limit:
                     break
         finally:
             tokens.close()  # leaves llama.cpp's generator at once
-        if not decoder.stopped and (tail := decoder.flush()):
+        if decoder.matched is None and (tail := decoder.flush()):
             self._emit(tail)
-        self._emit(_End(GenerationResult(done_reason, Usage(len(prompt), produced))))
+        usage = Usage(len(prompt), produced)
+        self._emit(_End(GenerationResult(done_reason, usage, stop_sequence=decoder.matched)))
 
     def _finish_cancelled(self, usage: Usage | None) -> None:
         if self._abort_reason is not None:
@@ -208,17 +209,21 @@ class TextDecoder:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._stops = tuple(stop for stop in stops if stop)
         self._held = ""
-        self.stopped = False
+        #: The stop string that appeared (the text ends before it); None until one does.
+        self.matched: str | None = None
 
     def feed(self, data: bytes) -> str:
-        """The text that is safe to emit now; sets ``stopped`` when a stop string appeared."""
+        """The text that is safe to emit now; sets ``matched`` when a stop string appeared."""
         text = self._held + self._utf8.decode(data)
         if not self._stops:
             self._held = ""
             return text
-        cut = min((i for i in (text.find(stop) for stop in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self._held, self.stopped = "", True
+        # The earliest match wins; of two starting at the same place, the shorter one, which
+        # is the one a token-by-token arrival completes first.
+        found = [(i, len(stop), stop) for stop in self._stops if (i := text.find(stop)) >= 0]
+        if found:
+            cut, _, self.matched = min(found)
+            self._held = ""
             return text[:cut]
         keep = max((_overlap(text, stop) for stop in self._stops), default=0)
         self._held = text[len(text) - keep :] if keep else ""

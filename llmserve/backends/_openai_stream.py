@@ -8,6 +8,11 @@ then a chunk with
 fragment) or the idle timeout (after it); a per-read ``asyncio.timeout`` is used rather than
 one around the whole iteration because the iteration may be driven from another task than the
 one that opened the stream.
+
+Servers such as vLLM put ``stop_reason`` beside ``finish_reason: "stop"``: the stop string that
+matched (a string), or a stop token's id (an int). It becomes the result's ``stop_sequence``
+only when it is one of the request's stop strings. Servers that say no more than
+``finish_reason`` (llama-cpp-python's) leave it None.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class OpenAIStream(PrefetchingStream):
         base_url: str,
         first_token_deadline: float,
         idle_timeout_s: float,
+        stops: tuple[str, ...] = (),
     ) -> None:
         self._response = response
         self._lines = response.aiter_lines()
@@ -44,6 +50,8 @@ class OpenAIStream(PrefetchingStream):
         self._idle_timeout_s = idle_timeout_s
         self._finished = False
         self._finish_reason: str | None = None
+        self._stops = stops
+        self._stop_sequence: str | None = None
         self._usage: Usage | None = None
         self.result: GenerationResult | None = None
         self.tokens_received = 0
@@ -74,6 +82,9 @@ class OpenAIStream(PrefetchingStream):
             text = delta.get("content")
             if choice.get("finish_reason"):
                 self._finish_reason = str(choice["finish_reason"])
+                matched = choice.get("stop_reason")
+                if isinstance(matched, str) and matched in self._stops:
+                    self._stop_sequence = matched
             if text:
                 self.tokens_received += 1
                 yield text
@@ -137,7 +148,9 @@ class OpenAIStream(PrefetchingStream):
     def _finish(self) -> None:
         self._finished = True
         calls = self._calls.calls() if self._calls else []
-        self.result = finished(self._finish_reason or "stop", self._usage or Usage(), calls)
+        self.result = finished(
+            self._finish_reason or "stop", self._usage or Usage(), calls, self._stop_sequence
+        )
 
     async def aclose(self) -> None:
         # Closing the response closes the connection: that is what makes the server stop.

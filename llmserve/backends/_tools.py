@@ -76,12 +76,16 @@ class ToolCallAssembler:
         return found
 
 
-def finished(done_reason: str, usage: Usage, calls: list[ToolCall]) -> GenerationResult:
+def finished(
+    done_reason: str, usage: Usage, calls: list[ToolCall], stop_sequence: str | None = None
+) -> GenerationResult:
     """The end of a stream; ``tool_calls`` whenever the answer holds calls (Ollama says
-    ``stop``), unless the token limit cut it."""
+    ``stop``), unless the token limit cut it. ``stop_sequence``: the stop string the engine
+    says ended it (kept only with done reason ``stop``)."""
     if calls and done_reason != "length":
         done_reason = "tool_calls"
-    return GenerationResult(done_reason, usage, calls)
+    matched = stop_sequence if done_reason == "stop" else None
+    return GenerationResult(done_reason, usage, calls, stop_sequence=matched)
 
 
 # -- forcing a call through the output format --------------------------------------------------

@@ -458,6 +458,8 @@ class OllamaStream(PrefetchingStream):
             prompt_tokens=int(obj.get("prompt_eval_count") or 0),
             completion_tokens=int(obj.get("eval_count") or 0),
         )
+        # No stop_sequence: Ollama strips a matched stop string and says ``stop`` for it and for
+        # an end of turn alike, so which one it was is not known.
         result = finished(str(obj.get("done_reason") or "stop"), usage, self._calls)
         result.native = {key: value for key, value in obj.items() if key not in _CORE_FIELDS}
         self.result = result

@@ -116,7 +116,9 @@ class OpenAIBackend:
             ) from None
         if response.status_code != 200:
             raise await self._error_from(response, model)
-        stream = OpenAIStream(response, self.base_url, deadline, self._idle_timeout_s)
+        stream = OpenAIStream(
+            response, self.base_url, deadline, self._idle_timeout_s, request.options.stop
+        )
         try:
             await stream.prefetch()
         except BaseException:

@@ -123,6 +123,28 @@ def test_the_raw_stream_is_anthropics_event_sequence(
     assert events[6][1]["usage"] == {"input_tokens": 7, "output_tokens": 3}
 
 
+def test_through_ollama_a_stop_sequence_reads_as_end_turn(
+    server: ServerProcess, ollama: OllamaDouble
+) -> None:
+    # What Ollama sends when the answer reached "three": the text before it, done_reason "stop",
+    # the same as for an end of turn; so which stop string matched, if any, is not known.
+    client, stops = _client(server), ["nowhere", "three"]
+    ollama.enqueue(Script(tokens=["One, ", "two, "]))
+    message = client.messages.create(
+        model="llama3.2", max_tokens=32, messages=USER, stop_sequences=stops
+    )
+    assert message.content[0].type == "text" and message.content[0].text == "One, two, "
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+    ollama.enqueue(Script(tokens=["One, ", "two, "]))
+    body = {"model": "llama3.2", "max_tokens": 32, "messages": USER, "stream": True}
+    response = httpx.post(
+        server.base_url + "/v1/messages", json=body | {"stop_sequences": stops}, timeout=10
+    )
+    (delta,) = [data for name, data in _events(response.text) if name == "message_delta"]
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert [sent["options"]["stop"] for sent in _chats(ollama)] == [stops, stops]
+
+
 def test_a_tool_use_round_trip_keeps_the_ids(server: ServerProcess, ollama: OllamaDouble) -> None:
     client = _client(server)
     ollama.enqueue(Script(tokens=[], tool_calls=[PARIS]))

@@ -78,6 +78,28 @@ def test_messages_create_and_stream_real_text(claude: anthropic.Anthropic) -> No
     assert final.usage.output_tokens == message.usage.output_tokens
 
 
+def test_messages_say_which_stop_sequence_ended_the_answer(claude: anthropic.Anthropic) -> None:
+    # Greedy, this prompt makes the 270M model write "The model is a 10-bit integer.\n..." and,
+    # further on, "$value = 1;": the earliest match ends it, whatever the order of the list.
+    count: Any = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    asked: Any = {"model": MODEL, "max_tokens": 40, "messages": count, "extra_body": GREEDY}
+    free = claude.messages.create(**asked, timeout=120)
+    assert free.content[0].type == "text" and "integer" in free.content[0].text
+    assert (free.stop_reason, free.stop_sequence) == ("max_tokens", None)
+
+    stops = ["$value", "integer"]
+    message = claude.messages.create(**asked, stop_sequences=stops, timeout=120)
+    block = message.content[0]
+    assert block.type == "text" and free.content[0].text.startswith(block.text + "integer")
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "integer")
+
+    with claude.messages.stream(**asked, stop_sequences=stops, timeout=120) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == block.text
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "integer")
+
+
 def test_messages_json_schema_output_follows_the_schema(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
         model=MODEL,

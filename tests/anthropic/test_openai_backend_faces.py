@@ -49,6 +49,24 @@ def test_messages_through_an_openai_compatible_engine(server: ServerProcess) -> 
     assert "token count" in refused.value.body["error"]["message"]  # type: ignore[index]
 
 
+def test_a_stop_sequence_through_llama_cpp_server_reads_as_end_turn(
+    server: ServerProcess,
+) -> None:
+    # That server cuts the answer before the stop string but says only finish_reason "stop"
+    # (no vLLM-style stop_reason), so which string matched is not known: end_turn, null.
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0)
+    count: Any = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    asked: Any = {"model": ALIAS, "max_tokens": 40, "messages": count, "timeout": 120}
+    free = client.messages.create(**asked, extra_body={"temperature": 0})
+    assert free.content[0].type == "text" and "integer" in free.content[0].text
+    message = client.messages.create(
+        **asked, stop_sequences=["integer"], extra_body={"temperature": 0}
+    )
+    block = message.content[0]
+    assert block.type == "text" and free.content[0].text.startswith(block.text + "integer")
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
 def test_responses_through_an_openai_compatible_engine(server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
     response = client.responses.create(model=ALIAS, input="Name a colour.", max_output_tokens=8)

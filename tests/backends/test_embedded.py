@@ -23,6 +23,7 @@ import pytest
 from llmserve import errors
 from llmserve.backends._embedded_engine import prefill, sample_tokens
 from llmserve.backends._embedded_prompt import PromptBuilder
+from llmserve.backends._embedded_stream import TextDecoder
 from llmserve.backends.base import Backend, GenerationStream
 from llmserve.backends.embedded import EmbeddedBackend, EmbeddedStream, load_llama
 from llmserve.domain import GenerationOptions, GenerationRequest, GenerationResult
@@ -121,9 +122,30 @@ async def test_stop_is_honoured(backend: EmbeddedBackend) -> None:
     stop = [word for word in free.split() if word.isalpha() and len(word) > 2][1]
     options = {"max_tokens": 24, "temperature": 0, "stop": ("nothing like this", stop)}
     text, result = await generate(backend, BUILT_IN, request(**options))
-    assert result.done_reason == "stop"
+    assert result.done_reason == "stop" and result.stop_sequence == stop  # the one that matched
     assert stop not in text and free.startswith(text) and len(text) < free.index(stop) + 1
     assert result.usage.completion_tokens < free_result.usage.completion_tokens
+    assert free_result.stop_sequence is None
+
+
+@pytest.mark.parametrize(
+    ("stops", "fragments", "text", "matched"),
+    [
+        (("xyz", "lo"), [b"hel", b"lo w"], "hel", "lo"),
+        (("o w", "l"), [b"hello world"], "he", "l"),  # the earliest match
+        (("lo!", "lo"), [b"hello!"], "hel", "lo"),  # same start: the shorter
+        (("cat",), [b"a c", b"a", b"t"], "a ", "cat"),  # across fragments
+        (("cat",), [b"a ca", b"r"], "a car", None),
+    ],
+)
+def test_the_decoder_says_which_stop_string_matched(
+    stops: tuple[str, ...], fragments: list[bytes], text: str, matched: str | None
+) -> None:
+    decoder = TextDecoder(stops)
+    out = "".join(decoder.feed(fragment) for fragment in fragments)
+    if decoder.matched is None:
+        out += decoder.flush()
+    assert (out, decoder.matched) == (text, matched)
 
 
 @pytest.mark.anyio

@@ -184,6 +184,38 @@ async def test_fragmented_tool_calls_become_deltas_and_whole_calls() -> None:
     assert server.bodies[0]["tool_choice"] == "auto"
 
 
+def _vllm_end(finish: str, stop_reason: object) -> dict[str, Any]:
+    """vLLM's last chunk: ``stop_reason`` is the stop string or stop token id that ended it."""
+    chunk = _chunk({}, finish)
+    chunk["choices"][0]["stop_reason"] = stop_reason
+    return chunk
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("finish", "stop_reason", "expected"),
+    [
+        ("stop", "END", "END"),  # a requested stop string matched
+        ("stop", None, None),  # end of sequence
+        ("stop", 106, None),  # a stop token's id, not a string
+        ("stop", "###", None),  # not one of the request's stop strings
+        ("length", None, None),
+    ],
+)
+async def test_the_matched_stop_string_is_read_from_vllms_stop_reason(
+    finish: str, stop_reason: object, expected: str | None
+) -> None:
+    server = _Server(_sse(_chunk({"content": "one, two"}), _vllm_end(finish, stop_reason)))
+    options = GenerationOptions(stop=("never", "END"))
+    stream = await _backend(server).open_generation(
+        "m", GenerationRequest.from_prompt("x", options=options)
+    )
+    assert [event async for event in stream] == ["one, two"]
+    assert server.bodies[0]["stop"] == ["never", "END"]
+    assert stream.result is not None
+    assert (stream.result.done_reason, stream.result.stop_sequence) == (finish, expected)
+
+
 @pytest.mark.anyio
 async def test_ollama_only_options_are_refused_before_anything_is_sent() -> None:
     server = _Server()
