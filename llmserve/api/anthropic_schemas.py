@@ -35,9 +35,11 @@ from llmserve import errors
 from llmserve.api.schemas import (
     BASE64_PATTERN,
     NOT_BLANK_PATTERN,
+    InstalledModel,
     NonNegativeInt,
     PositiveInt,
     conversation_rules,
+    invalid,
     non_empty,
 )
 from llmserve.domain import (
@@ -50,10 +52,6 @@ from llmserve.domain import (
     ToolChoice,
 )
 from llmserve.services.images import checked_base64, is_remote_url
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_value", message)
 
 
 class _Lenient(BaseModel):
@@ -92,11 +90,11 @@ class ImageSource(_Lenient):
     @model_validator(mode="after")
     def _complete(self) -> ImageSource:
         if self.type == "base64" and not self.data:
-            raise _invalid("a base64 image source needs 'data'")
+            raise invalid("a base64 image source needs 'data'")
         if self.type == "url" and not (self.url and is_remote_url(self.url)):
-            raise _invalid("a url image source needs an http(s) 'url'")
+            raise invalid("a url image source needs an http(s) 'url'")
         if self.media_type is not None and not self.media_type.startswith("image/"):
-            raise _invalid(f"'{self.media_type}' is not an image type")
+            raise invalid(f"'{self.media_type}' is not an image type")
         return self
 
 
@@ -170,7 +168,7 @@ class InputMessage(_Lenient):
         for index, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind not in BLOCK_TYPES:
-                raise _invalid(
+                raise invalid(
                     f"block {index}: blocks of type '{kind}' are not supported here; use "
                     + ", ".join(BLOCK_TYPES)
                 )
@@ -179,15 +177,15 @@ class InputMessage(_Lenient):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"] if p not in BLOCK_TYPES)
-            raise _invalid(f"block {where}: {first['msg']}") from None
+            raise invalid(f"block {where}: {first['msg']}") from None
 
     @model_validator(mode="after")
     def _fits_role(self) -> InputMessage:
         for block in self.content if isinstance(self.content, list) else ():
             if self.role == "assistant" and block.type in ("image", "tool_result"):
-                raise _invalid(f"assistant messages may not hold {block.type} blocks")
+                raise invalid(f"assistant messages may not hold {block.type} blocks")
             if self.role == "user" and block.type == "tool_use":
-                raise _invalid("user messages may not hold tool_use blocks")
+                raise invalid("user messages may not hold tool_use blocks")
         return self
 
 
@@ -215,7 +213,7 @@ class ToolChoiceParam(_Lenient):
     @model_validator(mode="after")
     def _named(self) -> ToolChoiceParam:
         if self.type == "tool" and not self.name:
-            raise _invalid("tool_choice of type 'tool' needs a 'name'")
+            raise invalid("tool_choice of type 'tool' needs a 'name'")
         return self
 
     def to_domain(self) -> ToolChoice:
@@ -234,7 +232,7 @@ class JsonOutputFormat(_Lenient):
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            raise _invalid(f"not a valid JSON Schema: {exc.message}") from None
+            raise invalid(f"not a valid JSON Schema: {exc.message}") from None
         return schema
 
 
@@ -282,7 +280,7 @@ class ConversationParams(_Lenient):
         }
     )
 
-    model: str = Field(min_length=1, description="An installed model, or the active model.")
+    model: InstalledModel
     messages: list[InputMessage] = Field(
         min_length=1,
         description="At least one message that holds text, an image, a tool call or a result.",
@@ -315,7 +313,7 @@ class ConversationParams(_Lenient):
             blocks = message.content if isinstance(message.content, list) else []
             for b, block in enumerate(blocks):
                 if block.type == "tool_result" and block.tool_use_id not in seen:
-                    raise _invalid(
+                    raise invalid(
                         f"messages.{m}.content.{b}.tool_use_id: '{block.tool_use_id}' answers"
                         " no earlier tool_use block"
                     )
@@ -323,7 +321,7 @@ class ConversationParams(_Lenient):
         choice = self.tool_choice
         names = {tool.name for tool in self.tools or ()}
         if choice is not None and choice.type == "tool" and choice.name not in names:
-            raise _invalid(f"tool_choice names '{choice.name}', which is not among the tools")
+            raise invalid(f"tool_choice names '{choice.name}', which is not among the tools")
         return self
 
     def to_domain(self, max_image_bytes: int, options: GenerationOptions) -> GenerationRequest:

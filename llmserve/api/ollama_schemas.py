@@ -27,6 +27,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from llmserve import errors
@@ -74,7 +75,20 @@ KeepAlive = Annotated[
     | Annotated[StrictStr, Field(json_schema_extra={"pattern": f"^(?:{_DURATION.pattern})$"})],
     AfterValidator(_duration),
 ]
-Base64 = Annotated[StrictStr, Field(json_schema_extra={"pattern": BASE64_PATTERN})]
+_BASE64 = re.compile(BASE64_PATTERN)
+
+
+def _base64(value: str) -> str:
+    # Checked as the body is read, as Ollama does: a request that only loads the model (no
+    # prompt) is refused for a bad image too.
+    if not _BASE64.fullmatch(value):
+        raise ValueError("an image is not valid base64 data")
+    return value
+
+
+Base64 = Annotated[
+    StrictStr, Field(json_schema_extra={"pattern": BASE64_PATTERN}), AfterValidator(_base64)
+]
 #: A model name (the routes check it, 400, before any backend call).
 ModelName = Annotated[StrictStr, Field(json_schema_extra=MODEL_NAME_SCHEMA)]
 _ROLES = ("system", "user", "assistant", "tool")
@@ -301,9 +315,40 @@ _PROMPT_WITH_CONTENT = {
 }
 
 
+#: Ollama's rule for ``raw``: the prompt goes to the model as it is, so there is no template, no
+#: system prompt and no context to add to it (``maxLength``/``maxItems`` pass ``null``).
+_RAW_ALONE = {
+    "if": non_empty("raw", {"const": True}),
+    "then": {
+        "properties": {
+            "system": {"maxLength": 0},
+            "template": {"maxLength": 0},
+            "context": {"maxItems": 0},
+        }
+    },
+}
+_RAW_ALONE_MESSAGE = "raw mode does not support template, system, or context"
+
+
+#: Requests the API reference shows (and a contract test sends): a whole answer, and a stream.
+_GENERATE_EXAMPLES = [
+    {"model": "llama3.2", "prompt": "Why is the sky blue?", "stream": stream}
+    for stream in (False, True)
+]
+
+
 def _generate_schema(schema: dict[str, Any]) -> None:
     requires("model")(schema)
-    schema.update(_PROMPT_WITH_CONTENT)
+    # Both rules as one conditional (the raw rule in each branch): a lone top-level if/then is
+    # what request generators cover best; under allOf they hardly produce a valid request.
+    schema.update(
+        {
+            "if": _PROMPT_WITH_CONTENT["if"],
+            "then": {**_PROMPT_WITH_CONTENT["then"], **_RAW_ALONE},
+            "else": _RAW_ALONE,
+            "examples": _GENERATE_EXAMPLES,
+        }
+    )
 
 
 class OllamaGenerateRequest(_Generation):
@@ -318,6 +363,12 @@ class OllamaGenerateRequest(_Generation):
     images: list[Base64] | None = None
 
     FIELDS = (*_Generation.FIELDS, "suffix", "template", "context", "raw")
+
+    @model_validator(mode="after")
+    def _raw_alone(self) -> OllamaGenerateRequest:
+        if self.raw and (self.template or self.system or self.context):
+            raise ValueError(_RAW_ALONE_MESSAGE)  # Ollama's words: it refuses them too
+        return self
 
     @property
     def loads_only(self) -> bool:
@@ -339,7 +390,20 @@ class OllamaGenerateRequest(_Generation):
 _NON_EMPTY = {"type": "array", "minItems": 1}
 
 
+_CHAT_EXAMPLES = [
+    {"model": "llama3.2", "messages": [{"role": "user", "content": "Hi!"}], "stream": stream}
+    for stream in (False, True)
+]
+
+
+def _chat_schema(schema: dict[str, Any]) -> None:
+    requires("model")(schema)
+    schema["examples"] = _CHAT_EXAMPLES
+
+
 class OllamaChatRequest(_Generation):
+    model_config = ConfigDict(json_schema_extra=_chat_schema)
+
     messages: list[OllamaMessage] = Field(
         default_factory=list,
         description="None (the model is loaded), or at least one message that is not a system "

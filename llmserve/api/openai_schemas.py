@@ -41,10 +41,12 @@ from llmserve.api.schemas import (
     IMAGE_DATA_URL_PATTERN,
     NOT_BLANK_PATTERN,
     TOOL_CHOICE_NEEDS_TOOLS,
+    InstalledModel,
     NotBlank,
     PositiveInt,
     WholeInt,
     conversation_rules,
+    invalid,
     non_empty,
 )
 from llmserve.domain import (
@@ -66,10 +68,6 @@ def _unsupported(name: str, why: str = "is not supported by this server") -> Pyd
     return PydanticCustomError("unsupported_parameter", f"'{name}' {why}.")
 
 
-def _invalid(message: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_value", message)
-
-
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -89,7 +87,7 @@ class ImageUrl(_Lenient):
     @classmethod
     def _data_or_http(cls, url: str) -> str:
         if not url.startswith("data:") and not is_remote_url(url):
-            raise _invalid("an image URL must be a data: URL or an http(s):// URL")
+            raise invalid("an image URL must be a data: URL or an http(s):// URL")
         return url
 
 
@@ -116,9 +114,9 @@ class ContentPart(_Lenient):
     @model_validator(mode="after")
     def _complete(self) -> ContentPart:
         if self.type == "text" and self.text is None:
-            raise _invalid("a text content part needs a string 'text'")
+            raise invalid("a text content part needs a string 'text'")
         if self.type == "image_url" and self.image_url is None:
-            raise _invalid("an image_url content part needs 'image_url': {'url': ...}")
+            raise invalid("an image_url content part needs 'image_url': {'url': ...}")
         return self
 
 
@@ -183,7 +181,7 @@ class Message(_Lenient):
     @classmethod
     def _known_role(cls, role: str) -> str:
         if role not in ROLES:
-            raise _invalid(f"role '{role}' is not supported; use one of {', '.join(ROLES)}")
+            raise invalid(f"role '{role}' is not supported; use one of {', '.join(ROLES)}")
         return role
 
     @field_validator("content", mode="before")
@@ -193,29 +191,29 @@ class Message(_Lenient):
         if content is None or isinstance(content, str):
             return content
         if not isinstance(content, list):
-            raise _invalid("it must be a string or a list of content parts")
+            raise invalid("it must be a string or a list of content parts")
         parts = []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind not in ("text", "image_url"):
-                raise _invalid(
+                raise invalid(
                     f"content parts of type '{kind}' are not supported, only text and image_url"
                 )
             try:
                 parts.append(ContentPart.model_validate(part))
             except ValidationError as exc:
-                raise _invalid(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+                raise invalid(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
         return parts
 
     @model_validator(mode="after")
     def _fits_role(self) -> Message:
         if self.tool_calls and self.role != "assistant":
-            raise _invalid("only assistant messages may carry tool_calls")
+            raise invalid("only assistant messages may carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:
-            raise _invalid("a tool message needs the tool_call_id it answers")
+            raise invalid("a tool message needs the tool_call_id it answers")
         parts = self.content if isinstance(self.content, list) else []
         if self.role != "user" and any(part.type != "text" for part in parts):
-            raise _invalid(f"{self.role} messages may hold text parts only")
+            raise invalid(f"{self.role} messages may hold text parts only")
         return self
 
     def to_domain(self, max_image_bytes: int) -> CoreMessage:
@@ -253,9 +251,9 @@ def _arguments(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text) if text.strip() else {}
     except ValueError:
-        raise _invalid("tool call arguments must be a JSON object, as a string") from None
+        raise invalid("tool call arguments must be a JSON object, as a string") from None
     if not isinstance(value, dict):
-        raise _invalid("tool call arguments must be a JSON object, as a string")
+        raise invalid("tool call arguments must be a JSON object, as a string")
     return value
 
 
@@ -301,12 +299,12 @@ class ResponseFormatParam(_Lenient):
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormatParam:
         if self.type == "json_schema" and self.json_schema is None:
-            raise _invalid("a json_schema response_format needs 'json_schema'")
+            raise invalid("a json_schema response_format needs 'json_schema'")
         if self.json_schema is not None:
             try:
                 Draft202012Validator.check_schema(self.json_schema.schema_)
             except SchemaError as exc:
-                raise _invalid(
+                raise invalid(
                     f"json_schema.schema is not a valid JSON Schema: {exc.message}"
                 ) from None
         return self
@@ -327,7 +325,7 @@ class ResponseFormatParam(_Lenient):
 class CompletionParams(_Lenient):
     """What both generation routes accept."""
 
-    model: str = Field(min_length=1, description="An installed model, or the active model.")
+    model: InstalledModel
     max_tokens: PositiveInt | None = None
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
@@ -352,7 +350,7 @@ class CompletionParams(_Lenient):
         if isinstance(stop, str):
             return [stop]
         if isinstance(stop, list) and len(stop) > 4:
-            raise _invalid("at most 4 stop sequences are allowed")
+            raise invalid("at most 4 stop sequences are allowed")
         return stop
 
     @field_validator("n")
@@ -435,7 +433,7 @@ class ChatCompletionRequest(CompletionParams):
     @classmethod
     def _a_turn(cls, messages: list[Message]) -> list[Message]:
         if all(m.role in SYSTEM_ROLES for m in messages):
-            raise _invalid("there must be a user or assistant message")
+            raise invalid("there must be a user or assistant message")
         return messages
 
     @field_validator("functions", "function_call")
@@ -452,9 +450,9 @@ class ChatCompletionRequest(CompletionParams):
         tools = info.data.get("tools") or []
         named = isinstance(choice, NamedToolChoice)
         if (named or choice == "required") and not tools:
-            raise _invalid("tool_choice needs tools to choose from")
+            raise invalid("tool_choice needs tools to choose from")
         if named and choice.function.name not in {t.function.name for t in tools}:
-            raise _invalid(
+            raise invalid(
                 f"tool_choice names '{choice.function.name}', which is not among the tools"
             )
         return choice
@@ -524,7 +522,7 @@ class CompletionRequest(CompletionParams):
 
 
 class EmbeddingRequest(_Lenient):
-    model: str = Field(min_length=1, description="An installed model, or the active model.")
+    model: InstalledModel
     input: (
         Annotated[str, Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
@@ -539,9 +537,9 @@ class EmbeddingRequest(_Lenient):
         if isinstance(value, list) and any(not isinstance(item, str) for item in value):
             raise _unsupported("input", "must be a string or a list of strings (no token arrays)")
         if isinstance(value, list) and not 1 <= len(value) <= 2048:
-            raise _invalid("input must hold between 1 and 2048 texts")
+            raise invalid("input must hold between 1 and 2048 texts")
         if value == "" or (isinstance(value, list) and "" in value):
-            raise _invalid("input texts must not be empty")
+            raise invalid("input texts must not be empty")
         return value
 
     @property

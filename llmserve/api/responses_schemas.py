@@ -40,9 +40,11 @@ from llmserve.api.schemas import (
     IMAGE_DATA_URL_PATTERN,
     NOT_BLANK_PATTERN,
     TOOL_CHOICE_NEEDS_TOOLS,
+    InstalledModel,
     NotBlank,
     PositiveInt,
     conversation_rules,
+    invalid,
     non_empty,
 )
 from llmserve.domain import (
@@ -55,10 +57,6 @@ from llmserve.domain import (
     ToolChoice,
 )
 from llmserve.services.images import base64_of_data_url, is_remote_url
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_value", message)
 
 
 def _unsupported(message: str) -> PydanticCustomError:
@@ -93,7 +91,7 @@ class InputImage(_Lenient):
     @classmethod
     def _data_or_http(cls, url: str) -> str:
         if not url.startswith("data:") and not is_remote_url(url):
-            raise _invalid("an image URL must be a data: URL or an http(s):// URL")
+            raise invalid("an image URL must be a data: URL or an http(s):// URL")
         return url
 
 
@@ -132,9 +130,9 @@ class MessageItem(_Lenient):
     def _fits_role(self) -> MessageItem:
         for part in self.content if isinstance(self.content, list) else ():
             if part.type == "input_image" and self.role != "user":
-                raise _invalid(f"{self.role} messages may not hold input_image parts")
+                raise invalid(f"{self.role} messages may not hold input_image parts")
             if part.type == "output_text" and self.role != "assistant":
-                raise _invalid("only assistant messages may hold output_text parts")
+                raise invalid("only assistant messages may hold output_text parts")
         return self
 
 
@@ -195,9 +193,9 @@ def _arguments(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text) if text.strip() else {}
     except ValueError:
-        raise _invalid("function call arguments must be a JSON object, as a string") from None
+        raise invalid("function call arguments must be a JSON object, as a string") from None
     if not isinstance(value, dict):
-        raise _invalid("function call arguments must be a JSON object, as a string")
+        raise invalid("function call arguments must be a JSON object, as a string")
     return value
 
 
@@ -231,7 +229,7 @@ class TextFormat(_Lenient):
     def _schema_given(self) -> TextFormat:
         if self.type == "json_schema":
             if self.schema_ is None or not self.name:
-                raise _invalid("a json_schema format needs 'name' and 'schema'")
+                raise invalid("a json_schema format needs 'name' and 'schema'")
             JsonSchemaFormat.model_validate({"name": self.name, "schema": self.schema_})
         return self
 
@@ -295,7 +293,7 @@ Input = Annotated[
 class ResponsesRequest(_Lenient):
     model_config = ConfigDict(json_schema_extra=TOOL_CHOICE_NEEDS_TOOLS)
 
-    model: str = Field(min_length=1, description="An installed model, or the active model.")
+    model: InstalledModel
     input: Input = Field(
         description="A string, or a list of input items: at least one that is not a system "
         "message, and one that holds text, an image, a function call or its output."
@@ -340,7 +338,7 @@ class ResponsesRequest(_Lenient):
     @classmethod
     def _foreground(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, bool):
-            raise _invalid("'background' must be a boolean")
+            raise invalid("'background' must be a boolean")
         if value is True:
             raise _unsupported("'background' responses are not supported")
         return value
@@ -354,7 +352,7 @@ class ResponsesRequest(_Lenient):
             if item.type == "function_call":
                 seen.add(item.call_id)
             elif item.type == "function_call_output" and item.call_id not in seen:
-                raise _invalid(
+                raise invalid(
                     f"input.[{index}].call_id: '{item.call_id}' answers no earlier function_call"
                 )
         return items
@@ -364,9 +362,9 @@ class ResponsesRequest(_Lenient):
     def _choice_names_a_tool(cls, choice: Any, info: ValidationInfo) -> Any:
         tools = info.data.get("tools") or []
         if (isinstance(choice, NamedFunction) or choice == "required") and not tools:
-            raise _invalid("tool_choice needs tools to choose from")
+            raise invalid("tool_choice needs tools to choose from")
         if isinstance(choice, NamedFunction) and choice.name not in {t.name for t in tools}:
-            raise _invalid(f"tool_choice names '{choice.name}', which is not among the tools")
+            raise invalid(f"tool_choice names '{choice.name}', which is not among the tools")
         return choice
 
     @field_validator("previous_response_id", mode="before")

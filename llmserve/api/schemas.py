@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from llmserve import names
 from llmserve.domain import (
@@ -79,14 +79,35 @@ BASE64_PATTERN = f"^{BASE64}$"
 IMAGE_DATA_URL_PATTERN = f"^data:(image/[^,]*)?;base64,{BASE64}$"
 Base64Image = Annotated[str, Field(json_schema_extra={"pattern": BASE64_PATTERN})]
 
+#: The ``format`` of every string that names a model: a client (or a test generating requests)
+#: can tell those fields from other strings by it. An annotation only: JSON Schema validators
+#: assert no format they do not know.
+MODEL_NAME_FORMAT = "model-name"
 #: A model name, declared with Ollama's naming rules (``names.PATTERN``); the model service
 #: checks it (400 ``invalid_model_name``) before any backend call.
 MODEL_NAME_SCHEMA: dict[str, Any] = {
     "minLength": 1,
     "maxLength": names.MAX_LENGTH,
     "pattern": names.PATTERN,
+    "format": MODEL_NAME_FORMAT,
 }
 ModelName = Annotated[str, Field(json_schema_extra=MODEL_NAME_SCHEMA)]
+#: The ``model`` of the OpenAI, Responses and Anthropic faces: any name; one that is neither
+#: installed nor the active model is answered 404 ``model_not_found``.
+InstalledModel = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="An installed model, or the active model.",
+        json_schema_extra={"format": MODEL_NAME_FORMAT},
+    ),
+]
+
+
+def invalid(message: str) -> PydanticCustomError:
+    """A validation error the faces answer as an invalid value (``invalid_value``), worded by
+    ``message`` alone (no "Value error, " prefix)."""
+    return PydanticCustomError("invalid_value", message)
 
 
 #: Integers every client and engine reads exactly: a JSON number is often read as a double

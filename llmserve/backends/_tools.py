@@ -171,18 +171,19 @@ class ForcedToolStream:
             inner = self._inner.result
             if inner is None:
                 return
-            call = self._call("".join(text), inner.done_reason)
+            if inner.done_reason == "length":
+                # The token limit cut the call short: no call, and the answer says why (the
+                # limit), as OpenAI's and Anthropic's do when a call does not fit.
+                self.result = finished("length", inner.usage, [])
+                return
+            call = self._call("".join(text))
             self.result = finished("tool_calls", inner.usage, [call])
             yield [ToolCallDelta(0, call.id, call.name, orjson.dumps(call.arguments).decode())]
         except BaseException as exc:
             self.failure = self._inner.failure or exc
             raise
 
-    def _call(self, text: str, done_reason: str) -> ToolCall:
-        if done_reason == "length":
-            raise errors.BackendStreamError(
-                "the token limit cut the forced tool call short: raise max_tokens"
-            )
+    def _call(self, text: str) -> ToolCall:
         choice = self._request.tool_choice
         if choice.mode == "function":
             name = choice.name or ""

@@ -345,15 +345,25 @@ def test_with_auth_every_ollama_route_but_the_probes_needs_a_key_and_answers_oll
 
 
 def test_ollamas_own_400_is_a_400_with_its_words(client: TestClient, ollama: OllamaDouble) -> None:
+    ollama.enqueue(Script(status=400, error="something Ollama alone checks"))
+    response = client.post(
+        "/api/generate", json={"model": "llama3.2", "prompt": "hi", "stream": False}
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "Ollama refused the request: something Ollama alone checks"}
+
+
+def test_raw_mode_with_a_system_prompt_is_refused_before_ollama_in_its_words(
+    client: TestClient, ollama: OllamaDouble
+) -> None:
+    before = len(ollama.generations)
     response = client.post(
         "/api/generate",
         json={"model": "llama3.2", "prompt": "hi", "raw": True, "system": "x", "stream": False},
     )
     assert response.status_code == 400
-    assert response.json() == {
-        "error": "Ollama refused the request: raw mode does not support template, system, or "
-        "context"
-    }
+    assert response.json() == {"error": "raw mode does not support template, system, or context"}
+    assert len(ollama.generations) == before
 
 
 def test_a_full_admission_queue_is_429_in_ollamas_shape_and_the_slot_comes_back(

@@ -68,15 +68,29 @@ def test_bad_fields_are_one_400_naming_the_field(fields: dict[str, Any], message
 
 
 def test_generate_keeps_ollamas_own_fields_for_ollama() -> None:
-    body = b'{"model":"m","prompt":"p","raw":true,"suffix":"s","context":[1,2],"think":"low"}'
+    body = b'{"model":"m","prompt":"p","raw":false,"suffix":"s","context":[1,2],"think":"low"}'
     domain = parse_body(body, OllamaGenerateRequest).to_domain(1000)
     assert domain.ollama is not None and domain.ollama.endpoint == "generate"
     assert domain.ollama.fields == {
         "think": "low",
         "suffix": "s",
         "context": [1, 2],
-        "raw": True,
+        "raw": False,
     }
+
+
+@pytest.mark.parametrize("extra", ['"system":"s"', '"template":"t"', '"context":[1]'])
+def test_raw_mode_refuses_a_template_a_system_prompt_or_a_context(extra: str) -> None:
+    body = f'{{"model":"m","prompt":"p","raw":true,{extra}}}'.encode()
+    with pytest.raises(errors.InvalidRequestError, match="raw mode does not support"):
+        parse_body(body, OllamaGenerateRequest)
+    empty = b'{"model":"m","prompt":"p","raw":true,"system":"","template":"","context":[]}'
+    assert parse_body(empty, OllamaGenerateRequest).raw is True
+
+
+def test_an_image_that_is_not_base64_is_refused_even_when_the_request_only_loads() -> None:
+    with pytest.raises(errors.InvalidRequestError, match="not valid base64"):
+        parse_body(b'{"model":"m","images":["\\u0084"]}', OllamaGenerateRequest)
 
 
 @pytest.mark.parametrize(

@@ -121,11 +121,13 @@ async def test_a_forced_call_streams_as_one_call_at_the_end() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_forced_call_cut_by_the_token_limit_is_an_error() -> None:
+async def test_a_forced_call_cut_by_the_token_limit_ends_at_the_limit_without_a_call() -> None:
+    """As OpenAI and Anthropic answer a call that does not fit: a finished answer that says the
+    limit ended it (``length``), not a failure of the server."""
     stream = ForcedToolStream(
         _Stream(['{"city": '], "length"), _request(ToolChoice("function", "get_weather"))
     )  # type: ignore[arg-type]
-    with pytest.raises(errors.BackendStreamError, match="max_tokens"):
-        async for _ in stream.batches():
-            pass
-    assert stream.failure is not None
+    assert [batch async for batch in stream.batches()] == []
+    assert stream.failure is None and stream.result is not None
+    assert (stream.result.done_reason, stream.result.tool_calls) == ("length", [])
+    assert stream.result.usage == Usage(3, 1)

@@ -35,6 +35,7 @@ from llmserve.api.anthropic_wire import (
 )
 from llmserve.api.deps import runtime_of
 from llmserve.api.generating import run_generation
+from llmserve.api.openapi import event_stream
 from llmserve.api.sse import EventStream
 from llmserve.domain import AUTO, GenerationOptions
 
@@ -47,10 +48,19 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorEnvelope}
     for status in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504, 529)
 }
-_STREAM_DOC = {
-    "description": "The whole message, or Server-Sent Events with `stream: true`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+_STREAM_DOC = event_stream(
+    "The whole message, or Server-Sent Events with `stream: true`.",
+    [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    ],
+)
 
 
 @router.post("/messages", response_model=MessageObject, responses={200: _STREAM_DOC, **_ERRORS})

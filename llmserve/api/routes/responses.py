@@ -15,6 +15,7 @@ from llmserve.api.deps import runtime_of
 from llmserve.api.generating import run_generation
 from llmserve.api.openai_schemas import ErrorEnvelope
 from llmserve.api.openai_wire import OpenAIRoute
+from llmserve.api.openapi import event_stream
 from llmserve.api.responses_schemas import ResponseObject, ResponsesRequest
 from llmserve.api.responses_wire import SHUTDOWN_EVENT, echo, response_events, whole_response
 from llmserve.api.sse import EventStream
@@ -26,10 +27,8 @@ RESPONSES = "/v1/responses"
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorEnvelope} for status in (400, 401, 403, 404, 413, 429, 502, 503, 504)
 }
-_STREAM_DOC = {
-    "description": "The whole response, or Server-Sent Events with `stream: true`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+#: Events named by their ``type`` (``response.created`` … ``response.completed``, ``error``).
+_STREAM_DOC = event_stream("The whole response, or Server-Sent Events with `stream: true`.")
 
 
 @router.post("/responses", response_model=ResponseObject, responses={200: _STREAM_DOC, **_ERRORS})
