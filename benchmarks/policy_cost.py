@@ -13,16 +13,26 @@ models), all far beyond what a run reaches: every request is admitted, counted a
 Server CPU is utime+stime of the ``llmserve serve`` process (``/proc/<pid>/stat``) over each
 segment, divided by its requests; the table gives the total over all segments of a side and the
 median of the rounds' differences (limited minus plain), which a noisy neighbour moves least.
+
+The last row takes HTTP out: ``PolicyService`` alone in this process, ``--concurrency`` tasks
+that admit, do ~300 µs of work each (standing in for the server's own, so the event loop is as
+busy as a server's), and settle, against the same PostgreSQL; process CPU per request with the
+limited key against the same tasks without a policy, alternating rounds. Its spread between runs
+is far smaller than the HTTP rows', whose closed loop turns every change of latency into a
+change of throughput and of CPU per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +46,7 @@ from benchmarks._common import (
 from benchmarks.load import (
     APIS,
     DOUBLES,
+    MODEL,
     LoadGen,
     bench_server_env,
     cpu_seconds,
@@ -52,6 +63,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.5, help="seconds per segment")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--admin-url", default=ADMIN_URL)
+    parser.add_argument(
+        "--requests", type=int, default=3000, help="requests per side and round, in-process row"
+    )
     args = parser.parse_args()
     setup_logging()
     load_before = load_average()
@@ -108,6 +122,7 @@ def main() -> None:
                 )
             )
         server.stop()
+        rows.append(in_process(database_url, args.rounds, args.requests, args.concurrency))
     print(
         f"\n{args.rounds} rounds x {args.duration} s per side; load average before "
         f"{load_before}, after {load_average()}\n"
@@ -124,6 +139,68 @@ def main() -> None:
         ),
         rows,
     )
+
+
+def in_process(database_url: str, rounds: int, requests: int, concurrency: int) -> tuple[Any, ...]:
+    """The in-process row (see the module doc): (name, requests per side, …, µs per request)."""
+    from llmserve.db.session import make_engine, make_sessions
+    from llmserve.services.keys import KeyService, Principal, policy_of
+    from llmserve.services.policy import PolicyService
+
+    engine = make_engine(database_url)
+    record = next(k for k in KeyService(make_sessions(engine)).list() if k.name == "bench-limited")
+    principal = Principal(record.id, record.name, False, policy_of(record))
+
+    async def side(limited: bool) -> float:
+        service = PolicyService(engine) if limited else None
+        if service is not None:
+            await service.start()
+        left = requests
+
+        async def client() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                ticket = await service.admit(principal, MODEL) if service else None
+                _work(0.0003)
+                await asyncio.sleep(0)  # as a server's request yields to others
+                if service is not None:
+                    service.settle(ticket, 64)
+
+        before = time.process_time()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        if service is not None:
+            await service.flush()
+        spent = time.process_time() - before
+        if service is not None:
+            await service.stop()
+        return spent / requests * 1e6
+
+    try:
+        asyncio.run(side(True))  # warm up: the connection, the key's rows
+        per_request: dict[str, list[float]] = {"plain": [], "limited": []}
+        for r in range(rounds):
+            for name in ("plain", "limited") if r % 2 == 0 else ("limited", "plain"):
+                per_request[name].append(asyncio.run(side(name == "limited")))
+    finally:
+        engine.dispose()
+    plain, limited = (statistics.mean(per_request[s]) for s in ("plain", "limited"))
+    added = [b - a for a, b in zip(per_request["plain"], per_request["limited"], strict=True)]
+    return (
+        f"in-process c={concurrency}",
+        requests * rounds,
+        requests * rounds,
+        plain,
+        limited,
+        limited - plain,
+        statistics.median(added),
+    )
+
+
+def _work(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ the server knows without counting (charges wait in memory and are applied once i
 way (authentication needs the database for them). The mode is logged once per outage, and
 ``/ready`` names the policy check.
 
-SQL goes through the driver's own cursor on one held connection, in one worker thread (so a
-process's own admits are serialised, and SQLite gets the same semantics in one process); the
-ORM's per-statement cost would be most of the policy's CPU. On PostgreSQL a batch is a single
+A process's own admits are serialised: one batch at a time. On PostgreSQL a batch is a single
 call of the ``llmserve_policy_batch`` function (migration 0005), which does the counting inside
-the database: one round trip per batch instead of one per statement.
+the database, sent from the event loop on one held connection with libpq's non-blocking calls
+(:mod:`llmserve.services._policy_wire`): one round trip per batch, no thread hand-over. SQLite
+(one process) runs the same rules a statement at a time on the driver's own cursor, in one
+worker thread. The ORM's per-statement cost would be most of the policy's CPU either way.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from llmserve import errors, names
+from llmserve.services._policy_wire import PolicyWire
 
 if TYPE_CHECKING:
     from llmserve.metrics import Metrics
@@ -87,7 +89,7 @@ class KeyPolicy:
         return any(v is not None for v in (self.rpm, self.tpm, self.concurrency, self.budget))
 
     def allows(self, model: str) -> bool:
-        return not self.models or any(model_matches(p, model) for p in self.models)
+        return not self.models or _allowed(self.models, model)
 
     def describe(self) -> str:
         """``rpm 10, tpm 5000, budget 2000000/month, models llama3*`` (or ``no limits``)."""
@@ -111,6 +113,13 @@ def visible_to(principal: Principal | None, model: str) -> bool:
     """Whether ``model`` shows in the model lists ``principal`` reads (its allowed models)."""
     policy = principal.policy if principal is not None else None
     return policy is None or policy.allows(model)
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(patterns: tuple[str, ...], model: str) -> bool:
+    """Whether one of ``patterns`` matches ``model`` (asked on every request of a key with a
+    models list: remembered)."""
+    return any(model_matches(pattern, model) for pattern in patterns)
 
 
 def model_matches(pattern: str, model: str) -> bool:
@@ -246,8 +255,10 @@ class PolicyService:
         self._metrics = metrics
         self._clock = clock
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llmserve-policy")
-        self._connection: Any = None  # the driver's connection, used only in that thread
-        self._sql = _Sql(sqlite=self._sqlite)
+        self._connection: Any = None  # SQLite: the driver's connection, used only in that thread
+        self._wire: PolicyWire | None = None  # PostgreSQL: used only from the event loop
+        self._wire_lock = asyncio.Lock()  # one statement at a time on it (batches, renewals)
+        self._sql = _Sql()  # SQLite's statements
         self._admits: list[_Admit] = []
         self._pending = _Pending()
         self._live: set[str] = set()
@@ -282,6 +293,7 @@ class PolicyService:
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
+        self._drop_wire()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)
 
@@ -317,9 +329,9 @@ class PolicyService:
         future = asyncio.get_running_loop().create_future()
         self._admits.append(_Admit(principal.key_id, policy, self._clock(), future))
         self._kick()
-        try:
-            outcome = await asyncio.wait_for(future, _ANSWER_S)
-        except (*_DB_ERRORS, TimeoutError) as exc:
+        try:  # the batch answers within _ANSWER_S, or fails every admit in it
+            outcome = await future
+        except _DB_ERRORS as exc:
             return self._unavailable(principal.key_id, policy, exc)
         if isinstance(outcome, errors.RateLimitedError):
             self._rejected(outcome.reason)
@@ -379,7 +391,12 @@ class PolicyService:
             pending, self._pending = self._pending, _Pending()
             self._settle_due = False
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._batch, admits, pending)
+                if self._sqlite:
+                    outcomes = await loop.run_in_executor(
+                        self._executor, self._batch_sqlite, admits, pending
+                    )
+                else:
+                    outcomes = await self._batch_pg(admits, pending)
             except _DB_ERRORS as exc:
                 self._down(exc)
                 self._keep(pending)  # applied once the database is back
@@ -448,82 +465,84 @@ class PolicyService:
         if self._metrics is not None:
             self._metrics.policy_rejected(reason)
 
-    # -- the database (in the policy thread only) -------------------------------------------
+    # -- PostgreSQL: one statement per batch, from the event loop ---------------------------
 
-    def _run(self, work: Callable[[Any], Any]) -> Any:
-        """``work(cursor)`` in one transaction on the held connection: committed, or rolled
-        back (and the connection dropped after a database error). A transaction PostgreSQL
-        chose to abort (a deadlock with another server, a serialization failure) is run again,
-        up to three times: it is contention, not an outage."""
-        for attempt in range(3):
+    async def _pg(self, statement: bytes, params: list[bytes | None]) -> Any:
+        """``statement`` on the held connection, one at a time, answered within ``_ANSWER_S``
+        (connecting included): a database that has not answered by then is down, like one
+        that refuses (a partition refuses nothing, it only stays silent)."""
+        async with self._wire_lock:
             try:
-                return self._transaction(work)
+                async with asyncio.timeout(_ANSWER_S):
+                    return await self._attempts(statement, params)
+            except TimeoutError:
+                raise psycopg.OperationalError(
+                    f"no answer from the database in {_ANSWER_S:g} s"
+                ) from None
+
+    async def _attempts(self, statement: bytes, params: list[bytes | None]) -> Any:
+        """A statement PostgreSQL chose to abort (a deadlock with another server, a
+        serialization failure) is run again, up to three times: it is contention, not an
+        outage. Any other failure (a timeout's cancellation too) drops the connection: its
+        state is unknown."""
+        for attempt in range(3):
+            wire = self._wire or await self._connect()
+            try:
+                return await wire.value(statement, params)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == 2:
                     raise
+            except BaseException:
+                self._drop_wire()
+                raise
         raise AssertionError("unreachable")
 
-    def _transaction(self, work: Callable[[Any], Any]) -> Any:
-        if self._connection is None:
-            self._connection = self._engine.raw_connection()
-            if not self._sqlite:  # one statement per batch: its own transaction, no COMMIT
-                self._connection.driver_connection.autocommit = True
-        cursor = self._connection.cursor()
+    async def _connect(self) -> PolicyWire:
+        """A connection from the engine's pool, taken in the policy thread (connecting
+        blocks). Given up on (a timeout), it is closed when it arrives."""
+        loop = asyncio.get_running_loop()
+        taking = loop.run_in_executor(self._executor, self._take_connection)
         try:
-            result = work(cursor)
-            self._connection.commit()
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                self._connection.rollback()
-            if isinstance(exc, _DB_ERRORS):
-                self._drop()
+            raw = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(_close_unused)
             raise
-        finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
-        return result
+        self._wire = PolicyWire(raw)
+        return self._wire
 
-    def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.invalidate()
+    def _take_connection(self) -> Any:
+        """The policy's own connection, in autocommit and without waiting for the disk at
+        commit (``synchronous_commit off``): counters and leases are not worth a disk flush per
+        batch, which cost more than the rest of the batch together. If PostgreSQL itself
+        crashes, the last fraction of a second of counts may be lost (at most three times
+        ``wal_writer_delay``, 0.6 s by default), never part of a batch. The setting stays on
+        this connection, which never goes back to the pool (:meth:`_drop_wire`)."""
+        raw = self._engine.raw_connection()
+        try:
+            driver: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            driver.autocommit = True
+            driver.execute("SET synchronous_commit TO off")
+        except BaseException:
+            raw.invalidate()
+            raise
+        return raw
 
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
+    def _drop_wire(self) -> None:
+        """Close the connection for good (never back to the pool: see _take_connection)."""
+        wire, self._wire = self._wire, None
+        if wire is not None:
             with contextlib.suppress(Exception):
-                if not self._sqlite:  # back to the pool as the pool lent it
-                    connection.driver_connection.autocommit = False
-                connection.close()
+                wire.raw.invalidate()
 
-    def _batch(
+    async def _batch_pg(
         self, admits: list[_Admit], pending: _Pending
     ) -> list[Ticket | errors.RateLimitedError]:
-        """One transaction: the releases (a lease given back a moment ago is free for this
-        batch), then key by key in id order its charges and its admits, each key's usage rows
-        in (span, start) order, so that two servers take row locks in the same order. Each
-        refusal's own counting is undone in the same transaction.
-
-        On PostgreSQL the whole batch is one call of the ``llmserve_policy_batch`` function
-        (migration 0005): one statement, one round trip, in autocommit; on SQLite it is a
-        statement at a time (:meth:`_admit_key`)."""
-        by_key: dict[int, list[int]] = {}
-        for index, admit in enumerate(admits):
-            by_key.setdefault(admit.key_id, []).append(index)
-        charges: dict[int, list[tuple[str, datetime, int]]] = {}
-        for (key_id, span, start), tokens in pending.tokens.items():
-            charges.setdefault(key_id, []).append((span, start, tokens))
-        prune = time.monotonic() - self._pruned > _PRUNE_EVERY_S
-        if prune:
-            self._pruned = time.monotonic()
-        if self._sqlite:
-            sqlite_outcomes: list[Ticket | errors.RateLimitedError] = self._run(
-                lambda cursor: self._statements(
-                    cursor, admits, pending.releases, by_key, charges, prune
-                )
-            )
-            return sqlite_outcomes
+        """One call of ``llmserve_policy_batch`` (migration 0005), in autocommit: the releases
+        (a lease given back a moment ago is free for this batch), then key by key in id order
+        its charges and its admits, each key's usage rows in (span, start) order, so that two
+        servers take row locks in the same order. Each refusal's own counting is undone in the
+        same transaction."""
+        by_key, charges, prune = self._plan(admits, pending)
         keys: list[dict[str, Any]] = []
         groups: list[tuple[list[int], list[str]]] = []
         for key_id in sorted(by_key.keys() | charges.keys()):
@@ -566,19 +585,74 @@ class PolicyService:
                 "minutes": (now - _MINUTES_KEPT).isoformat(),
                 "leases": (now - timedelta(seconds=self._lease_s)).isoformat(),
             }
-        argument = orjson.dumps(payload).decode()
-
-        def call(cursor: Any) -> list[dict[str, int]]:
-            cursor.execute(self._sql.batch, (argument,))
-            return list(cursor.fetchone()[0])
-
-        answers = self._run(call)
+        answers = orjson.loads(await self._pg(_BATCH, [orjson.dumps(payload)]))
         outcomes: list[Ticket | errors.RateLimitedError | None] = [None] * len(admits)
         for (indexes, leases), answer in zip(groups, answers, strict=True):
             group = [admits[i] for i in indexes]
             for i, outcome in zip(indexes, _outcomes(group, answer, leases), strict=True):
                 outcomes[i] = outcome
         return outcomes  # type: ignore[return-value]  # every admit is in exactly one group
+
+    def _plan(
+        self, admits: list[_Admit], pending: _Pending
+    ) -> tuple[dict[int, list[int]], dict[int, list[tuple[str, datetime, int]]], bool]:
+        """A batch's admits by key (their indexes), its charges by key, and whether old rows
+        are pruned this time."""
+        by_key: dict[int, list[int]] = {}
+        for index, admit in enumerate(admits):
+            by_key.setdefault(admit.key_id, []).append(index)
+        charges: dict[int, list[tuple[str, datetime, int]]] = {}
+        for (key_id, span, start), tokens in pending.tokens.items():
+            charges.setdefault(key_id, []).append((span, start, tokens))
+        prune = time.monotonic() - self._pruned > _PRUNE_EVERY_S
+        if prune:
+            self._pruned = time.monotonic()
+        return by_key, charges, prune
+
+    # -- SQLite: a statement at a time, in the policy thread --------------------------------
+
+    def _run(self, work: Callable[[Any], Any]) -> Any:
+        """``work(cursor)`` in one transaction on the held connection: committed, or rolled
+        back (and the connection dropped after a database error)."""
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        cursor = self._connection.cursor()
+        try:
+            result = work(cursor)
+            self._connection.commit()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self._connection.rollback()
+            if isinstance(exc, _DB_ERRORS):
+                self._drop()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        return result
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _batch_sqlite(
+        self, admits: list[_Admit], pending: _Pending
+    ) -> list[Ticket | errors.RateLimitedError]:
+        """The batch of :meth:`_batch_pg` in one transaction, by the same rules in the same
+        order (:meth:`_statements`)."""
+        by_key, charges, prune = self._plan(admits, pending)
+        outcomes: list[Ticket | errors.RateLimitedError] = self._run(
+            lambda c: self._statements(c, admits, pending.releases, by_key, charges, prune)
+        )
+        return outcomes
 
     def _statements(
         self,
@@ -675,24 +749,41 @@ class PolicyService:
 
     def _renew_sync(self, leases: list[str]) -> None:
         expires = self._sql.time(self._clock() + timedelta(seconds=self._lease_s))
+        self._run(lambda c: c.executemany(self._sql.renew, [(expires, x) for x in leases]))
+
+    async def _renew(self, leases: list[str]) -> None:
         if self._sqlite:
-            self._run(lambda c: c.executemany(self._sql.renew, [(expires, x) for x in leases]))
-        else:
-            self._run(lambda c: c.execute(self._sql.renew, (expires, leases)))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._renew_sync, leases)
+            return
+        expires = self._clock() + timedelta(seconds=self._lease_s)
+        # Lease ids are hex (secrets.token_hex): a text array literal needs no quoting.
+        ids = ("{" + ",".join(leases) + "}").encode()
+        await self._pg(_RENEW, [expires.isoformat().encode(), ids])
 
     async def _renew_leases(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._lease_s / 3)
             leases = sorted(self._live)
             if not leases:
                 continue
             try:
-                await loop.run_in_executor(self._executor, self._renew_sync, leases)
+                await self._renew(leases)
             except _DB_ERRORS as exc:
                 self._down(exc)
             else:
                 self._back()
+
+
+#: The statements the event loop sends (``$n`` parameters, text format).
+_BATCH = b"SELECT llmserve_policy_batch($1::jsonb)"
+_RENEW = b"UPDATE key_leases SET expires_at = $1::timestamptz WHERE id = ANY($2::text[])"
+
+
+def _close_unused(taking: asyncio.Future[Any]) -> None:
+    if not taking.cancelled() and taking.exception() is None:
+        with contextlib.suppress(Exception):
+            taking.result().invalidate()
 
 
 def _charges(rows: list[tuple[str, datetime, int]]) -> list[list[Any]]:
@@ -782,59 +873,41 @@ def _limited(
 
 
 class _Sql:
-    """The policy's statements for the driver's cursor (``?`` for SQLite, ``%s`` for psycopg).
+    """The policy's statements on SQLite, for the driver's cursor (``?`` parameters).
 
-    Times are passed as aware datetimes to PostgreSQL and, for SQLite, as the text SQLAlchemy
-    stores there (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``), so the ORM reads the same rows.
+    Times are passed as the text SQLAlchemy stores there (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``),
+    so the ORM reads the same rows.
     """
 
-    def __init__(self, *, sqlite: bool) -> None:
-        self._sqlite = sqlite
-        upsert = (
-            "INSERT INTO key_usage (key_id, span, starts_at, requests, tokens) "
-            "VALUES (?, ?, ?, {requests}, {tokens}) "
-            "ON CONFLICT (key_id, span, starts_at) DO UPDATE SET {update}"
-        )
-        self.count_requests = self._p(
-            upsert.format(requests="?", tokens=0, update="requests = key_usage.requests + ?")
-            + " RETURNING requests, tokens"
-        )
-        self.uncount_requests = self._p(
-            "UPDATE key_usage SET requests = requests - ? "
-            "WHERE key_id = ? AND span = ? AND starts_at = ?"
-        )
-        self._charge = (
-            "INSERT INTO key_usage (key_id, span, starts_at, requests, tokens) VALUES {rows} "
-            "ON CONFLICT (key_id, span, starts_at) DO UPDATE "
-            "SET tokens = key_usage.tokens + excluded.tokens"
-        )
-        self.read = self._p(
-            "SELECT tokens FROM key_usage WHERE key_id = ? AND span = ? AND starts_at = ?"
-        )
-        self.batch = "SELECT llmserve_policy_batch(%s::jsonb)"  # PostgreSQL only
-        self.add_lease = self._p("INSERT INTO key_leases (id, key_id, expires_at) VALUES (?, ?, ?)")
-        self.count_leases = self._p(
-            "SELECT count(*) FROM key_leases WHERE key_id = ? AND expires_at >= ?"
-        )
-        # One row per call on SQLite (executemany), a whole list in one statement on PostgreSQL.
-        one = "= ?" if sqlite else "= ANY(?)"
-        self.release = self._p(f"DELETE FROM key_leases WHERE id {one}")
-        self.renew = self._p(f"UPDATE key_leases SET expires_at = ? WHERE id {one}")
-        self.prune_minutes = self._p(
-            "DELETE FROM key_usage WHERE span = 'minute' AND starts_at < ?"
-        )
-        self.prune_leases = self._p("DELETE FROM key_leases WHERE expires_at < ?")
+    count_requests = (
+        "INSERT INTO key_usage (key_id, span, starts_at, requests, tokens) VALUES (?, ?, ?, ?, 0) "
+        "ON CONFLICT (key_id, span, starts_at) DO UPDATE "
+        "SET requests = key_usage.requests + ? RETURNING requests, tokens"
+    )
+    uncount_requests = (
+        "UPDATE key_usage SET requests = requests - ? "
+        "WHERE key_id = ? AND span = ? AND starts_at = ?"
+    )
+    read = "SELECT tokens FROM key_usage WHERE key_id = ? AND span = ? AND starts_at = ?"
+    add_lease = "INSERT INTO key_leases (id, key_id, expires_at) VALUES (?, ?, ?)"
+    count_leases = "SELECT count(*) FROM key_leases WHERE key_id = ? AND expires_at >= ?"
+    release = "DELETE FROM key_leases WHERE id = ?"
+    renew = "UPDATE key_leases SET expires_at = ? WHERE id = ?"
+    prune_minutes = "DELETE FROM key_usage WHERE span = 'minute' AND starts_at < ?"
+    prune_leases = "DELETE FROM key_leases WHERE expires_at < ?"
 
-    @functools.cache  # noqa: B019 - one per dialect, a handful of row counts
-    def charges(self, rows: int) -> str:
+    @staticmethod
+    @functools.cache
+    def charges(rows: int) -> str:
         """Add tokens to ``rows`` usage rows: parameters ``key_id, span, starts_at, tokens``
         per row."""
-        return self._p(self._charge.format(rows=", ".join(["(?, ?, ?, 0, ?)"] * rows)))
+        return (
+            "INSERT INTO key_usage (key_id, span, starts_at, requests, tokens) VALUES "
+            + ", ".join(["(?, ?, ?, 0, ?)"] * rows)
+            + " ON CONFLICT (key_id, span, starts_at) DO UPDATE "
+            "SET tokens = key_usage.tokens + excluded.tokens"
+        )
 
-    def _p(self, statement: str) -> str:
-        return statement if self._sqlite else statement.replace("?", "%s")
-
-    def time(self, value: datetime) -> Any:
-        if self._sqlite:
-            return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
+    @staticmethod
+    def time(value: datetime) -> str:
+        return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
