@@ -1,7 +1,7 @@
 """A/B: two llmserve checkouts side by side, against the same double, in the same minutes.
 
     .venv/bin/python benchmarks/ab.py --a ../old-checkout [--b .] [--stream] [--concurrency 16]
-        [--delay 0.02] [--per-stream] [--segment 8] [--rounds 4]
+        [--delay 0.02] [--per-stream] [--segment 8] [--rounds 4] [--warmup 1]
 
 ``load.py`` compares llmserve with the double; this compares two versions of llmserve. On a
 shared VM the absolute CPU figures drift by tens of percent within an hour (compare the direct
@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--per-stream", action="store_true", help="see _fast_double.py")
     parser.add_argument("--segment", type=float, default=5.0, help="seconds per segment")
     parser.add_argument("--rounds", type=int, default=4, help="segments per side")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of load per server before round 1"
+    )
     args = parser.parse_args()
     setup_logging()
     checkouts = {"A": str(Path(args.a).resolve()), "B": str(Path(args.b).resolve())}
@@ -78,8 +81,8 @@ def main() -> None:
                     "body": {"prompt": "hi", "stream": args.stream},
                     "concurrency": args.concurrency,
                 }
-                if r == 0:
-                    gen.run(**cmd, duration=1.0)  # warm-up
+                if r == 0 and args.warmup > 0:
+                    gen.run(**cmd, duration=args.warmup)
                 before = cpu_seconds(server.process.pid)
                 result = gen.run(**cmd, duration=args.segment)
                 used = cpu_seconds(server.process.pid) - before

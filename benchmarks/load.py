@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,46 +389,66 @@ def create_limited_key(database_url: str) -> str:
     return key
 
 
-def check_answers(direct: str, proxied: str, key: str, apis: set[str]) -> None:
+def check_answers(
+    direct: str, proxied: str, key: str, apis: set[str], *, at_once: bool = False
+) -> None:
     """One request per side and kind, checked: 64 tokens each (the tool answer: 63 and a call);
-    for generate also non-stream."""
+    for generate also non-stream. ``at_once``: the kinds side by side (a smoke run's shortcut:
+    at 20 ms/token each answer takes 1.3 s), else one after the other."""
     auth = {"Authorization": f"Bearer {key}"}
+    checks = [
+        functools.partial(_check_stream, direct, proxied, auth, name) for name in sorted(apis)
+    ]
+    if "generate" in apis:
+        checks.append(functools.partial(_check_non_stream, direct, proxied, auth))
+    if not at_once:
+        for check in checks:
+            check()
+        return
+    with ThreadPoolExecutor(len(checks)) as pool:
+        for done in [pool.submit(check) for check in checks]:
+            done.result()
+
+
+def _check_stream(direct: str, proxied: str, auth: dict[str, str], name: str) -> None:
+    api = APIS[name]
     with httpx.Client(timeout=30) as c:
-        for name in sorted(apis):
-            api = APIS[name]
-            text = c.post(direct + api.direct_path, json=api.direct_body).text
-            lines = [line.replace(" ", "") for line in text.splitlines()]
-            got = sum(1 for line in lines if '"done":false' in line)
-            calls = sum(1 for line in lines if '"tool_calls"' in line)
-            if got != TOKENS or calls != (name == "tools"):
-                raise RuntimeError(f"direct {name}: {got} chunks, {calls} calls:\n{text[:500]}")
-            r = c.post(proxied + api.path, json={**api.body, "stream": True}, headers=auth)
-            r.raise_for_status()
-            if name == "tools":
-                got = r.text.count(CONTENT_MARK)
-                ok = got == TOKENS - 1 and r.text.endswith("data: [DONE]\n\n")
-                ok = ok and '"finish_reason":"tool_calls"' in r.text and "get_weather" in r.text
-            elif name == "ollama":
-                got = r.text.count(CONTENT_MARK)
-                ok = got == TOKENS and '"done":true' in r.text.splitlines()[-1]
-            elif name in ENDS:
-                got = r.text.count(APIS[name].mark)
-                last = r.text.rstrip("\n").rsplit("\n\n", 1)[-1]
-                ok = got == TOKENS and last.startswith(ENDS[name])
-            else:
-                got = r.text.count('data: {"response":')
-                ok = got == TOKENS and r.text.endswith("data: {}\n\n")
-            if not ok:
-                raise RuntimeError(f"llmserve {name}: {got} tokens:\n{r.text[:500]}")
-        if "generate" not in apis:
-            return
-        url = proxied + "/api/v1/generate"
-        body = {"model": MODEL, "prompt": "hi", "stream": False}
+        text = c.post(direct + api.direct_path, json=api.direct_body).text
+        lines = [line.replace(" ", "") for line in text.splitlines()]
+        got = sum(1 for line in lines if '"done":false' in line)
+        calls = sum(1 for line in lines if '"tool_calls"' in line)
+        if got != TOKENS or calls != (name == "tools"):
+            raise RuntimeError(f"direct {name}: {got} chunks, {calls} calls:\n{text[:500]}")
+        r = c.post(proxied + api.path, json={**api.body, "stream": True}, headers=auth)
+    r.raise_for_status()
+    if name == "tools":
+        got = r.text.count(CONTENT_MARK)
+        ok = got == TOKENS - 1 and r.text.endswith("data: [DONE]\n\n")
+        ok = ok and '"finish_reason":"tool_calls"' in r.text and "get_weather" in r.text
+    elif name == "ollama":
+        got = r.text.count(CONTENT_MARK)
+        ok = got == TOKENS and '"done":true' in r.text.splitlines()[-1]
+    elif name in ENDS:
+        got = r.text.count(APIS[name].mark)
+        last = r.text.rstrip("\n").rsplit("\n\n", 1)[-1]
+        ok = got == TOKENS and last.startswith(ENDS[name])
+    else:
+        got = r.text.count('data: {"response":')
+        ok = got == TOKENS and r.text.endswith("data: {}\n\n")
+    if not ok:
+        raise RuntimeError(f"llmserve {name}: {got} tokens:\n{r.text[:500]}")
+
+
+def _check_non_stream(direct: str, proxied: str, auth: dict[str, str]) -> None:
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    with httpx.Client(timeout=30) as c:
         d = c.post(direct + "/api/generate", json=body).json()
-        p = c.post(url, json={"prompt": "hi", "stream": False}, headers=auth)
-        p.raise_for_status()
-        if d["response"] != " tok" * TOKENS or p.json().get("response") != " tok" * TOKENS:
-            raise RuntimeError(f"non-stream answers differ: {d!r} / {p.text[:300]}")
+        p = c.post(
+            proxied + "/api/v1/generate", json={"prompt": "hi", "stream": False}, headers=auth
+        )
+    p.raise_for_status()
+    if d["response"] != " tok" * TOKENS or p.json().get("response") != " tok" * TOKENS:
+        raise RuntimeError(f"non-stream answers differ: {d!r} / {p.text[:300]}")
 
 
 #: How the last event of a good stream of the other faces starts.
@@ -541,7 +563,11 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run with tiny counts")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run with tiny counts (and the answers checked side by side)",
+    )
     parser.add_argument("--rounds", type=int, help="segments per side per scenario (default 2)")
     parser.add_argument("--duration", type=float, help="seconds per segment (default 2.5)")
     parser.add_argument("--slow-duration", type=float, help="seconds per 20 ms segment (default 5)")
@@ -586,9 +612,20 @@ def main() -> None:
         for kind, (_, url) in doubles.items():
             env = bench_server_env(database_url, url, max_concurrent=args.max_concurrent)
             servers[kind] = stack.enter_context(running_server(env, tmp))
-        for kind, (_, url) in doubles.items():
-            apis = {"generate"} | {sc.api for sc in scenarios if sc.double == kind}
-            check_answers(url, servers[kind].base_url, key, apis)
+        checks = [
+            functools.partial(
+                check_answers,
+                url,
+                servers[kind].base_url,
+                key,
+                {"generate"} | {sc.api for sc in scenarios if sc.double == kind},
+                at_once=args.quick,
+            )
+            for kind, (_, url) in doubles.items()
+        ]
+        with ThreadPoolExecutor(len(checks) if args.quick else 1) as pool:
+            for done in [pool.submit(check) for check in checks]:
+                done.result()
         gen = LoadGen()
         stack.callback(gen.close)
         auth = {"Authorization": f"Bearer {key}"}

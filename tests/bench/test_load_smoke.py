@@ -1,6 +1,7 @@
 """Smoke runs of the load benchmarks: each starts, measures every scenario, and prints its table.
 
-Numbers are not checked (benchmarks never assert a speed); only that the harness works end to end.
+Numbers are not checked (benchmarks never assert a speed); only that the harness works end to end,
+with the shortest segments the scripts take (each still completes at least one request per worker).
 Needs PostgreSQL on 127.0.0.1:5432, like the other benchmarks.
 """
 
@@ -68,7 +69,7 @@ def _table(script: str, *args: str) -> tuple[str, list[list[str]]]:
 
 @pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
 def test_load_quick_prints_every_row() -> None:
-    stdout, cells = _table("load.py", "--quick")
+    stdout, cells = _table("load.py", "--quick", "--duration", "0.02", "--slow-duration", "0.02")
     assert [(c[0], c[1]) for c in cells] == [
         (name, side) for name in SCENARIOS for side in ("direct", "llmserve")
     ]
@@ -81,7 +82,9 @@ def test_load_quick_prints_every_row() -> None:
 
 @pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
 def test_ab_runs_two_checkouts_side_by_side() -> None:
-    _, cells = _table("ab.py", "--a", str(ROOT), "--stream", "--segment", "0.2", "--rounds", "2")
+    _, cells = _table(
+        "ab.py", "--a", str(ROOT), "--stream", "--segment", "0.02", "--rounds", "2", "--warmup", "0"
+    )
     assert [c[0] for c in cells] == ["A", "B", "B", "A", "A median", "B median"]
     for c in cells[:4]:
         assert int(c[2]) > 0 and c[3] == "0", c  # requests, errors
@@ -91,7 +94,7 @@ def test_ab_runs_two_checkouts_side_by_side() -> None:
 @pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 127.0.0.1:5432")
 def test_ab_client_runs_both_pools_side_by_side() -> None:
     # One zero-delay case: one double, two servers (the aiohttp one is checked by its own log).
-    _, cells = _table("ab_client.py", "--quick", "--only", "^chat c=1$")
+    _, cells = _table("ab_client.py", "--quick", "--segment", "0.02", "--only", "^chat c=1$")
     assert [(c[0], c[1]) for c in cells] == [("chat c=1", "hand-written"), ("chat c=1", "aiohttp")]
     for c in cells:
         assert int(c[3]) > 0 and c[4] == "0", c  # requests, errors

@@ -5,7 +5,10 @@ module (auth on), the Ollama double behind it and the test database.
 The remote commands run in an environment with no database and no backend settings at all, so
 everything they print came over HTTP. Their output and exit codes are the local mode's: the same
 texts as the local tests pin, and the exit codes the error registry gives each error type.
-"""
+
+The commands (and the server) are forked from a warm interpreter (``tests/_cli_fork.py``: real
+processes, without seconds of imports each); the first ``generate`` and the Ctrl-C test start
+cold, as a user's command does."""
 
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ from llmserve.db.session import make_engine, make_sessions
 from llmserve.names import same_model
 from llmserve.services.keys import KeyService
 from llmserve.services.policy import KeyPolicy
+from tests._cli_fork import run
 from tests._server import ServerProcess, free_port, running_server
-from tests.e2e._cli import LLMSERVE, assert_one_red_line, run
+from tests.e2e._cli import LLMSERVE, assert_one_red_line
+from tests.e2e._cli import run as cold
 from tests.fakes.ollama_double import OllamaDouble, Script
 from tests.faults._tools import rows, server_env
 
@@ -39,8 +44,10 @@ QWEN = "qwen2.5:0.5b"
 def server(
     database_url: str, ollama_server: OllamaDouble, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    env = server_env(database_url, ollama_server.base_url, AUTH_REQUIRED="true")
-    with running_server(env, tmp_path_factory.mktemp("cli-remote")) as server:
+    env = server_env(
+        database_url, ollama_server.base_url, AUTH_REQUIRED="true", ACTIVE_MODEL_REFRESH_S="0.1"
+    )
+    with running_server(env, tmp_path_factory.mktemp("cli-remote"), warm=True) as server:
         yield server
 
 
@@ -54,7 +61,7 @@ class Keys:
 @pytest.fixture
 def keys(server: ServerProcess, db_url: str, ollama: OllamaDouble) -> Keys:
     """A plain key and an admin key, on a server whose active model is the built-in one again
-    (the database is emptied after each test; the server follows within a second)."""
+    (the database is emptied after each test; the server follows within its refresh interval)."""
     engine = make_engine(db_url)
     try:
         service = KeyService(make_sessions(engine))
@@ -109,7 +116,7 @@ def test_generate_and_embed_over_http(
 ) -> None:
     ollama.enqueue(Script(tokens=["Blue ", "light ", "scatters."]), Script(tokens=["Par", "is."]))
     env = remote_env(server)  # the key as an option, the server from LLMSERVE_SERVER
-    streamed = ok(run(["generate", "Why is the sky blue?", "--api-key", keys.user], env, tmp_path))
+    streamed = ok(cold(["generate", "Why is the sky blue?", "--api-key", keys.user], env, tmp_path))
     assert streamed.stdout == "Blue light scatters.\n"
     options = ["--system", "Be brief", "--temperature", "0.2", "--max-tokens", "20", "--json"]
     env = remote_env("http://127.0.0.1:9", keys.user)  # --server wins over LLMSERVE_SERVER
@@ -285,5 +292,10 @@ def test_ctrl_c_closes_the_connection_and_the_server_stops_upstream(
     assert process.returncode == 130
     assert b"Traceback" not in stderr
     assert ollama.wait_for_cancel(timeout=3.0).tokens_sent < 300
-    logged = rows(db_url, 1)
+    # Only the generate rows: the previous test's chat rows may land after its database was
+    # emptied (the module's server writes its request log in the background).
+    deadline = time.monotonic() + 5
+    while not (logged := [r for r in rows(db_url) if r.route == "/api/v1/generate"]):
+        assert time.monotonic() < deadline, "the cancelled generation was not logged"
+        time.sleep(0.05)
     assert [(r.route, r.status) for r in logged] == [("/api/v1/generate", "cancelled")]

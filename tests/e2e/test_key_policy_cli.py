@@ -31,6 +31,8 @@ from tests.e2e._cli import run as cold
 from tests.fakes.ollama_double import OllamaDouble, Script
 
 NO_LIMITS = {"rpm": None, "tpm": None, "concurrency": None, "budget": None, "models": None}
+#: How long a running server may take to apply a ``keys update`` before a test fails.
+UPDATE_DEADLINE_S = 15.0
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -401,10 +403,12 @@ def test_an_update_reaches_a_running_server_and_its_usage_shows(
         url = server.base_url + "/api/v1/generate"
         assert httpx.post(url, json={"prompt": "hi"}, headers=headers).status_code == 403
         ok(run(["keys", "update", "app", "--clear", "models"], env, tmp_path))
-        updated = time.monotonic()
+        # The server applies an update within its refresh interval; the deadline is generous:
+        # the test is about the update arriving, and a loaded machine may take longer.
+        deadline = time.monotonic() + UPDATE_DEADLINE_S
         ollama.enqueue(Script(tokens=["a"] * 10, prompt_eval_count=5))
         while httpx.post(url, json={"prompt": "hi"}, headers=headers).status_code == 403:
-            assert time.monotonic() - updated < 1.0, "the server still refuses the model"
+            assert time.monotonic() < deadline, "the server still refuses the model"
             time.sleep(0.02)
         ollama.enqueue(Script(tokens=["a"] * 10, prompt_eval_count=5))
         assert httpx.post(url, json={"prompt": "hi"}, headers=headers).status_code == 200
@@ -420,9 +424,15 @@ def test_an_update_reaches_a_running_server_and_its_usage_shows(
         assert found["models"] is None
 
         ok(run(["keys", "update", "app", "--rpm", "2"], env, tmp_path))
-        updated = time.monotonic()
-        while httpx.post(url, json={"prompt": "hi"}, headers=headers).status_code != 429:
-            assert time.monotonic() - updated < 1.0, "the server still admits over --rpm 2"
+        # Until the server has the update, the old --rpm 5 admits three more and then refuses
+        # too: only a refusal that names the new limit shows that the update arrived.
+        deadline = time.monotonic() + UPDATE_DEADLINE_S
+        while True:
+            answer = httpx.post(url, json={"prompt": "hi"}, headers=headers)
+            if answer.status_code == 429 and "over 2 requests per minute" in answer.text:
+                break
+            assert answer.status_code in (200, 429), answer.text
+            assert time.monotonic() < deadline, "the server did not apply --rpm 2"
             time.sleep(0.02)
 
 

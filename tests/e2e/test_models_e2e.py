@@ -85,17 +85,18 @@ def test_cli_models_list_table_and_json(
 def test_cli_rules_match_the_api(
     subprocess_env: dict[str, str], tmp_path: Path, ollama: OllamaDouble
 ) -> None:
+    # The first starts cold, as a user's command does; the rest are forked (tests/_cli_fork.py).
     protected = cli(["models", "delete", "llama3.2", "--yes"], subprocess_env, tmp_path)
     assert protected.returncode != 0 and "cannot be deleted" in protected.stderr
     assert len(protected.stderr.strip().splitlines()) == 1
-    missing = cli(["models", "switch", "mistral"], subprocess_env, tmp_path)
+    missing = forked(["models", "switch", "mistral"], subprocess_env, tmp_path)
     assert missing.returncode != 0 and "not found locally" in missing.stderr
-    invalid = cli(["models", "switch", "../x"], subprocess_env, tmp_path)
+    invalid = forked(["models", "switch", "../x"], subprocess_env, tmp_path)
     assert invalid.returncode == 2 and "invalid model name" in invalid.stderr
-    unconfirmed = cli(["models", "delete", "qwen2.5:0.5b"], subprocess_env, tmp_path)
+    unconfirmed = forked(["models", "delete", "qwen2.5:0.5b"], subprocess_env, tmp_path)
     assert unconfirmed.returncode != 0 and "--yes" in unconfirmed.stderr
     assert "qwen2.5:0.5b" in ollama.models
-    deleted = cli(["models", "delete", "qwen2.5:0.5b", "--yes"], subprocess_env, tmp_path)
+    deleted = forked(["models", "delete", "qwen2.5:0.5b", "--yes"], subprocess_env, tmp_path)
     assert deleted.returncode == 0, deleted.stderr
     assert "qwen2.5:0.5b" not in ollama.models
     for result in (protected, missing, invalid, unconfirmed):

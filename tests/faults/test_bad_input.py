@@ -13,11 +13,15 @@ data for every operation), then the explicit cases. Decisions made here:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import multiprocessing
+import os
 import select
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -65,37 +69,77 @@ def _alive(server: ServerProcess) -> None:
     assert httpx.get(server.base_url + "/health", timeout=5).status_code == 200
 
 
+def _fuzz(task: tuple[str, str, str]) -> tuple[str, int, list[str]]:
+    """One operation's cases in one generation mode, sent to the server: the operation, how
+    many were sent, and the answers of 500 or more."""
+    base_url, label, mode = task
+    operation = _operations(base_url)[label]
+    failures: list[str] = []
+    tried = 0
+    session = requests.Session()
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        derandomize=True,  # the fixed seed: the same cases on every run, in any process
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
+    def run(case: schemathesis.Case) -> None:
+        nonlocal tried
+        tried += 1
+        response = case.call(session=session, timeout=10)
+        if response.status_code >= 500:
+            failures.append(
+                f"{case.method} {case.formatted_path} body={case.body!r:.200} -> "
+                f"{response.status_code} {response.text[:200]}"
+            )
+
+    with contextlib.suppress(Unsatisfiable):  # nothing invalid to send (GET /health)
+        run()
+    session.close()
+    return label, tried, failures
+
+
+@functools.cache
+def _operations(base_url: str) -> dict[str, Any]:
+    """The server's operations by label, from its ``/openapi.json`` (once per process)."""
+    schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
+    return {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
+
+
+# Over a minute of generation when other work shares the CPUs: more than the default timeout.
+@pytest.mark.timeout(600)
 def test_fuzzed_requests_never_get_a_5xx(server: ServerProcess) -> None:
-    """Valid and invalid data for every operation in the schema; every answer is below 500."""
-    schema = schemathesis.openapi.from_url(server.base_url + "/openapi.json")
+    """Valid and invalid data for every operation in the schema; every answer is below 500.
+
+    Generating the cases takes far longer than sending them, and the server is idle meanwhile:
+    the operations are spread over worker processes, one per CPU. Each (operation, mode) run is
+    derandomized, so a worker sends exactly the cases this process would have."""
+    labels = list(_operations(server.base_url))
+    # The largest request schemas first, so that no worker is left with a long one at the end.
+    by_size = sorted(
+        labels,
+        key=lambda label: -len(
+            json.dumps(_operations(server.base_url)[label].definition.raw, default=str)
+        ),
+    )
+    tasks = [
+        (server.base_url, label, mode.value)
+        for label in by_size
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    ]
     failures: list[str] = []
     tried: dict[str, int] = {}
-    session = requests.Session()
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-
-            @settings(
-                max_examples=EXAMPLES_PER_OPERATION,
-                derandomize=True,  # the fixed seed: the same cases on every run
-                database=None,
-                deadline=None,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: schemathesis.Case) -> None:
-                tried[case.operation.label] = tried.get(case.operation.label, 0) + 1
-                response = case.call(session=session, timeout=10)
-                if response.status_code >= 500:
-                    failures.append(
-                        f"{case.method} {case.formatted_path} body={case.body!r:.200} -> "
-                        f"{response.status_code} {response.text[:200]}"
-                    )
-
-            with contextlib.suppress(Unsatisfiable):  # nothing invalid to send (GET /health)
-                run()
-    assert "POST /api/v1/generate" in tried and sum(tried.values()) >= 200, tried
+    workers = max(2, min(len(os.sched_getaffinity(0)), 4))
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for label, count, found in pool.imap_unordered(_fuzz, tasks):
+            tried[label] = tried.get(label, 0) + count
+            failures += found
+    assert all(tried.get(label) for label in labels), tried  # every operation, even GET /health
+    assert sum(tried.values()) >= 200, tried
     assert not failures, "\n".join(failures[:10])
     _alive(server)
 
