@@ -218,8 +218,10 @@ _MAX_PENDING = 100_000
 #: During an outage, requests go straight to POLICY_FAIL_MODE; the database is tried again
 #: this often (so a dead database costs one connection attempt a second, not one per request).
 _RETRY_S = 1.0
-#: A database that has not answered an admit in this long is down too: a partition refuses
-#: nothing, it only stays silent, and a request must not wait for it (POLICY_FAIL_MODE decides).
+#: A database that has not answered a batch (connecting included) in this long is down too: a
+#: partition refuses nothing, it only stays silent, and a request must not wait for it
+#: (POLICY_FAIL_MODE decides). An admit that arrives while a batch is out waits for that one
+#: and its own: at most twice this.
 _ANSWER_S = 2.0
 #: Charges and releases ride on the next batch of admits; with none coming, they are written
 #: after this long. A lease given back is free at once for this server's next admit (the release
