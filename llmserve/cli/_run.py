@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmserve import errors
@@ -40,8 +41,9 @@ _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one red line to stderr and exit with ``code``."""
-    _stderr.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    """Print one red line to stderr and exit with ``code``. ``message`` is printed as it is:
+    brackets in it (``llmserve[embedded]``, a key named ``ci[nightly]``) are not Rich markup."""
+    _stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 

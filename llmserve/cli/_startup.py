@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 import typer
-from rich.markup import escape
 
 from llmserve import errors
 from llmserve.cli._run import fail
@@ -39,7 +38,7 @@ def stop(message: str, code: int, log_format: Literal["text", "json"]) -> NoRetu
         configure_logging("INFO", "json")
         log.error(message)
         raise typer.Exit(code)
-    fail(escape(message), code)  # a value like "llmserve[embedded]" is not Rich markup
+    fail(message, code)
 
 
 def startup_settings(*, backend: bool) -> Settings:

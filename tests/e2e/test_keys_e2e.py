@@ -101,3 +101,8 @@ def test_key_commands_fail_with_one_red_line(
         assert result.stdout == ""
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # What the user typed comes back as typed: brackets in it are not terminal markup.
+    for name in ("ci[nightly]", "[bold]x", "a[/]b"):
+        result = cli(["keys", "revoke", name], subprocess_env, tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert name in result.stderr, result.stderr
