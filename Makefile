@@ -60,8 +60,8 @@ up-cpu: ## No GPU: build the cpu image (llama.cpp, built-in model) and serve it 
 	$(DOCKER) build -f docker/api.Dockerfile --target cpu -t llmserve-api:cpu .
 	$(DOCKER) run --rm -p '$(HOST_BIND_IP):8000:8000' -v llmserve-data:/data llmserve-api:cpu
 
-down: ## Stop and remove the stack's containers (the database volume is kept)
-	$(DOCKER_COMPOSE) down
+down: ## Stop and remove the stack's containers, replicas and nginx included (the database volume is kept)
+	$(DOCKER_COMPOSE) --profile scale down
 
 logs: ## Follow the stack's logs (SERVICE=api for one service)
 	$(DOCKER_COMPOSE) logs -f --tail=200 $(SERVICE)
