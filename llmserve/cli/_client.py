@@ -187,14 +187,9 @@ def connected(client: Client) -> Iterator[asyncio.Runner]:
 def check_delete(name: str, listing: ModelListing) -> None:
     """Refuse to delete the built-in model, the active one, or one not installed — before the
     user is asked to confirm. The server (or the model service) checks the same again."""
-    if listing.built_in is not None and names.same_model(name, listing.built_in):
-        raise errors.ModelProtectedError(
-            f"model '{name}' is the built-in model and cannot be deleted"
-        )
-    if names.same_model(name, listing.active):
-        raise errors.ModelInUseError(
-            f"model '{name}' is the active model; switch to another model first"
-        )
+    from llmserve.services.models import check_deletable  # the services load on use
+
+    check_deletable(name, built_in=listing.built_in, active=listing.active)
     if not any(names.same_model(name, row.name) for row in listing.models):
         raise errors.ModelNotFoundError(f"model '{name}' not found locally")
 

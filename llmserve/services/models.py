@@ -51,6 +51,19 @@ class ModelEntry:
     built_in: bool
 
 
+def check_deletable(name: str, *, built_in: str | None, active: str) -> None:
+    """Refuse to delete the built-in model or the active one (the CLI asks this before it asks
+    the user to confirm; a delete asks it again)."""
+    if built_in is not None and names.same_model(name, built_in):
+        raise errors.ModelProtectedError(
+            f"model '{name}' is the built-in model and cannot be deleted"
+        )
+    if names.same_model(name, active):
+        raise errors.ModelInUseError(
+            f"model '{name}' is the active model; switch to another model first"
+        )
+
+
 class ModelService:
     #: How long ``resolve`` trusts its copy of the installed list.
     INSTALLED_CACHE_S = 2.0
@@ -177,14 +190,7 @@ class ModelService:
         self.validate(name)
         backend = self._on(server)
         try:
-            if names.same_model(name, self.built_in):
-                raise errors.ModelProtectedError(
-                    f"model '{name}' is the built-in model and cannot be deleted"
-                )
-            if names.same_model(name, self.active):
-                raise errors.ModelInUseError(
-                    f"model '{name}' is the active model; switch to another model first"
-                )
+            check_deletable(name, built_in=self.built_in, active=self.active)
             installed = find_installed(name, await backend.list_models())
             if installed is None:
                 raise errors.ModelNotFoundError(f"model '{name}' not found locally")
