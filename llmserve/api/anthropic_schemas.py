@@ -38,6 +38,7 @@ from llmserve.api.schemas import (
     InstalledModel,
     NonNegativeInt,
     PositiveInt,
+    content_parts_refused,
     conversation_rules,
     invalid,
     non_empty,
@@ -132,26 +133,12 @@ BLOCK_TYPES = ("text", "image", "tool_use", "tool_result")
 _BLOCKS: TypeAdapter[list[ContentBlock]] = TypeAdapter(list[ContentBlock])
 
 
-def _blocks_not_for(role: str, kinds: list[str]) -> dict[str, Any]:
-    """JSON Schema: a message whose role is ``role`` holds no block of these types."""
-    return {
-        "if": non_empty("role", {"const": role}),
-        "then": {
-            "properties": {
-                "content": {
-                    "not": {"type": "array", "contains": non_empty("type", {"enum": kinds})}
-                }
-            }
-        },
-    }
-
-
 class InputMessage(_Lenient):
     model_config = ConfigDict(
         json_schema_extra={
             "allOf": [
-                _blocks_not_for("assistant", ["image", "tool_result"]),
-                _blocks_not_for("user", ["tool_use"]),
+                content_parts_refused({"const": "assistant"}, ["image", "tool_result"]),
+                content_parts_refused({"const": "user"}, ["tool_use"]),
             ]
         }
     )

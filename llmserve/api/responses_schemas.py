@@ -43,6 +43,7 @@ from llmserve.api.schemas import (
     InstalledModel,
     NotBlank,
     PositiveInt,
+    content_parts_refused,
     conversation_rules,
     invalid,
     non_empty,
@@ -98,26 +99,12 @@ class InputImage(_Lenient):
 ContentPart = Annotated[InputText | OutputText | InputImage, Field(discriminator="type")]
 
 
-def _parts_only_for(role: str, part: str) -> dict[str, Any]:
-    """JSON Schema: a message whose role is not ``role`` holds no part of type ``part``."""
-    return {
-        "if": {"not": non_empty("role", {"const": role})},
-        "then": {
-            "properties": {
-                "content": {
-                    "not": {"type": "array", "contains": non_empty("type", {"const": part})}
-                }
-            }
-        },
-    }
-
-
 class MessageItem(_Lenient):
     model_config = ConfigDict(
         json_schema_extra={
             "allOf": [
-                _parts_only_for("user", "input_image"),
-                _parts_only_for("assistant", "output_text"),
+                content_parts_refused({"not": {"const": "user"}}, ["input_image"]),
+                content_parts_refused({"not": {"const": "assistant"}}, ["output_text"]),
             ]
         }
     )

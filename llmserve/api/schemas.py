@@ -303,6 +303,21 @@ def non_empty(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": [field], "properties": {field: schema}}
 
 
+def content_parts_refused(role: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
+    """JSON Schema: a message whose ``role`` matches ``role`` (a schema) holds no content part
+    (or block) whose ``type`` is one of ``kinds``."""
+    return {
+        "if": non_empty("role", role),
+        "then": {
+            "properties": {
+                "content": {
+                    "not": {"type": "array", "contains": non_empty("type", {"enum": kinds})}
+                }
+            }
+        },
+    }
+
+
 #: The generation service's rule for ``tool_choice``, in a JSON Schema for the request:
 #: ``required`` or a named function needs tools (a named one must be among them).
 TOOL_CHOICE_NEEDS_TOOLS: dict[str, Any] = {
