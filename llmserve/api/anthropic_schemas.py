@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -42,6 +41,7 @@ from llmserve.api.schemas import (
     conversation_rules,
     invalid,
     non_empty,
+    schema_problem,
 )
 from llmserve.domain import (
     GenerationOptions,
@@ -216,10 +216,9 @@ class JsonOutputFormat(_Lenient):
     @field_validator("schema_")
     @classmethod
     def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            raise invalid(f"not a valid JSON Schema: {exc.message}") from None
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise invalid(f"not a valid JSON Schema: {problem}")
         return schema
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator, SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,6 +47,7 @@ from llmserve.api.schemas import (
     conversation_rules,
     invalid,
     non_empty,
+    schema_problem,
 )
 from llmserve.domain import (
     GenerationOptions,
@@ -301,12 +301,9 @@ class ResponseFormatParam(_Lenient):
         if self.type == "json_schema" and self.json_schema is None:
             raise invalid("a json_schema response_format needs 'json_schema'")
         if self.json_schema is not None:
-            try:
-                Draft202012Validator.check_schema(self.json_schema.schema_)
-            except SchemaError as exc:
-                raise invalid(
-                    f"json_schema.schema is not a valid JSON Schema: {exc.message}"
-                ) from None
+            problem = schema_problem(self.json_schema.schema_)
+            if problem is not None:
+                raise invalid(f"json_schema.schema is not a valid JSON Schema: {problem}")
         return self
 
     def to_domain(self) -> ResponseFormat | None:

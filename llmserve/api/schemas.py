@@ -184,12 +184,18 @@ def response_format(value: Format | None) -> ResponseFormat | None:
     return ResponseFormat("json")
 
 
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """What makes ``schema`` not a valid JSON Schema (draft 2020-12), or None."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
 def _check_schema(value: Format | None) -> Format | None:
-    if isinstance(value, dict):
-        try:
-            Draft202012Validator.check_schema(value)
-        except SchemaError as exc:
-            raise ValueError(f"format is not a valid JSON Schema: {exc.message}") from None
+    if isinstance(value, dict) and (problem := schema_problem(value)) is not None:
+        raise ValueError(f"format is not a valid JSON Schema: {problem}")
     return value
 
 
